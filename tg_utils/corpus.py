@@ -1,0 +1,311 @@
+"""Text corpora and prompts.
+
+Sources (`load_corpus(source, path)`):
+  - "gensim-wiki" (default, offline): the English Wikipedia extract shipped inside the gensim wheel
+    (106 articles, ~3 MB of clean text), cleaned with gensim's `filter_wiki` plus a light pass, split by
+    article into train/validation/test deterministically (articles ordered by a hash of their title).
+  - "wikitext": a WikiText-2 directory the user supplies: raw files (wiki.train.raw, wiki.valid.raw,
+    wiki.test.raw) or parquet files named train-*/validation-*/test-*.parquet, read offline with
+    `datasets`; its own splits are kept and articles are cut at the top-level " = Title = " headings.
+  - "text": any plain text file; documents are separated by lines holding only <|endoftext|> or by
+    two or more blank lines, then split like gensim-wiki.
+
+Prompts (`build_prompts`): the first N tokens of whole articles under a given tokenizer (no BOS
+unless asked), shorter articles skipped and counted.
+"""
+from __future__ import annotations
+
+import bz2
+import hashlib
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "validation", "test")
+GENSIM_WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be read or does not hold what was asked of it."""
+
+
+@dataclass(frozen=True)
+class Article:
+    title: str
+    text: str
+
+
+@dataclass
+class Corpus:
+    name: str
+    splits: dict[str, list[Article]]
+
+    @property
+    def train(self) -> list[Article]:
+        return self.splits["train"]
+
+    @property
+    def validation(self) -> list[Article]:
+        return self.splits["validation"]
+
+    @property
+    def test(self) -> list[Article]:
+        return self.splits["test"]
+
+    def split(self, name: str) -> list[Article]:
+        if name not in self.splits:
+            raise CorpusError(f"unknown split {name!r}; use one of {list(self.splits)}")
+        return self.splits[name]
+
+    def texts(self, split: str) -> list[str]:
+        return [a.text for a in self.split(split)]
+
+    def stats(self, tokenizer=None):
+        """A tidy table: split, articles, MB (UTF-8), words (whitespace), tokens (if a tokenizer)."""
+        import pandas as pd
+        rows = []
+        for name, arts in self.splits.items():
+            row = {"split": name, "articles": len(arts),
+                   "MB": sum(len(a.text.encode()) for a in arts) / 1e6,
+                   "words": sum(len(a.text.split()) for a in arts)}
+            if tokenizer is not None:
+                enc = tokenizer([a.text for a in arts], add_special_tokens=False)["input_ids"] if arts else []
+                row["tokens"] = sum(len(e) for e in enc)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- cleaning
+
+_HEADING = re.compile(r"^\s*=+\s*(.*?)\s*=+\s*$", re.M)
+_EMPTY_ITEM = re.compile(r"^[\s*#:;|]*$", re.M)
+
+
+def clean_wiki_text(text: str) -> str:
+    """Plain prose from wiki markup: gensim's filter_wiki, then bold/italic quotes, heading markers,
+    empty list items and runs of blank lines removed, spaces before punctuation closed."""
+    from gensim.corpora.wikicorpus import filter_wiki
+    text = filter_wiki(text)
+    text = text.replace("'''", "").replace("''", "")
+    text = _HEADING.sub(r"\1", text)
+    text = _EMPTY_ITEM.sub("", text)
+    text = re.sub(r"[ \t]+", " ", text)
+    text = re.sub(r" ([,.;:)])", r"\1", text)
+    text = re.sub(r"\( ", "(", text)
+    text = re.sub(r"\n\s*\n\s*(\n\s*)+", "\n\n", text)
+    return "\n".join(line.strip() for line in text.strip().split("\n"))
+
+
+def split_by_hash(articles: Sequence[Article], fractions=(0.8, 0.1, 0.1)) -> dict[str, list[Article]]:
+    """Deterministic split: articles ordered by sha1(title), then cut by count. The same titles
+    always land in the same split, whatever order they came in."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
+        raise CorpusError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    ordered = sorted(articles, key=lambda a: hashlib.sha1(a.title.encode()).hexdigest())
+    n = len(ordered)
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    return {"train": ordered[:n_train], "validation": ordered[n_train:n_train + n_val],
+            "test": ordered[n_train + n_val:]}
+
+
+# ---------------------------------------------------------------- sources
+
+def gensim_wiki_path() -> Path:
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError("the default corpus ships inside the gensim wheel, which is not installed: "
+                          "set up the environment with `bash run_tests.sh` (or pip install gensim), "
+                          "or pass corpus='text' with a path to your own text file")
+    path = Path(list(spec.submodule_search_locations)[0]) / GENSIM_WIKI
+    if not path.exists():
+        raise CorpusError(f"gensim is installed but its Wikipedia extract is missing ({path}); "
+                          "reinstall gensim (pip install --force-reinstall gensim) or pass corpus='text'")
+    return path
+
+
+_CLEAN_VERSION = 1  # bump when clean_wiki_text changes: invalidates the on-disk cache
+
+
+def _read_gensim_wiki(min_chars: int) -> list[Article]:
+    """Parse and clean the extract (~9 s), cached as JSON under outputs/corpus/ (~0.1 s)."""
+    import json
+    from .paths import resolve, write_text_atomic
+    src = gensim_wiki_path()
+    key = hashlib.sha1(f"{src.stat().st_size}:{_CLEAN_VERSION}:{min_chars}".encode()).hexdigest()[:12]
+    cache = resolve(f"outputs/corpus/gensim-wiki-{key}.json")
+    if cache.exists():
+        try:
+            return [Article(t, x) for t, x in json.loads(cache.read_text())]
+        except (ValueError, TypeError):
+            pass  # unreadable cache: rebuild it
+    arts = _parse_gensim_wiki(src, min_chars)
+    write_text_atomic(cache, json.dumps([[a.title, a.text] for a in arts]))
+    return arts
+
+
+def _parse_gensim_wiki(src: Path, min_chars: int) -> list[Article]:
+    from gensim.corpora.wikicorpus import extract_pages
+    with bz2.open(src) as f:
+        pages = list(extract_pages(f))
+    arts = []
+    for title, text, _pageid in pages:
+        if ":" in title or text.lstrip()[:9].upper() == "#REDIRECT":
+            continue  # redirects and other namespaces
+        clean = clean_wiki_text(text)
+        if len(clean) >= min_chars:
+            arts.append(Article(title, clean))
+    return arts
+
+
+_WIKITEXT_RAW = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+_WT_TITLE = re.compile(r"^ = ([^=].*?) = $")
+
+
+def _wikitext_articles(lines: Sequence[str]) -> list[Article]:
+    """Cut WikiText lines into articles at top-level headings ' = Title = '."""
+    arts, title, buf = [], None, []
+    for line in lines:
+        m = _WT_TITLE.match(line.rstrip("\n"))
+        if m:
+            if title is not None and "".join(buf).strip():
+                arts.append(Article(title, "".join(buf).strip()))
+            title, buf = m.group(1), []
+        else:
+            buf.append(line if line.endswith("\n") else line + "\n")
+    if title is not None and "".join(buf).strip():
+        arts.append(Article(title, "".join(buf).strip()))
+    return arts
+
+
+def _read_wikitext(path: Path) -> dict[str, list[Article]]:
+    if not path.is_dir():
+        raise CorpusError(f"WikiText directory not found: {path}")
+    raw = {s: path / f for s, f in _WIKITEXT_RAW.items()}
+    parquet = {s: sorted(path.rglob(f"{s}-*.parquet")) for s in SPLITS}
+    if all(p.exists() for p in raw.values()):
+        files, kind = {s: [str(p)] for s, p in raw.items()}, "text"
+    elif all(parquet.values()):
+        files, kind = {s: [str(p) for p in ps] for s, ps in parquet.items()}, "parquet"
+    else:
+        raise CorpusError(
+            f"{path} is not a WikiText-2 directory: expected wiki.train.raw, wiki.valid.raw and "
+            "wiki.test.raw, or train-*.parquet, validation-*.parquet and test-*.parquet (the layout "
+            "of wikitext-2-raw-v1); found: " + (", ".join(sorted(p.name for p in path.iterdir())) or "nothing"))
+    import datasets
+    ds = datasets.load_dataset(kind, data_files=files, keep_linebreaks=True) if kind == "text" \
+        else datasets.load_dataset(kind, data_files=files)
+    return {s: _wikitext_articles(ds[s]["text"]) for s in SPLITS}
+
+
+def _read_text_file(path: Path, min_chars: int) -> list[Article]:
+    if not path.is_file():
+        raise CorpusError(f"corpus text file not found: {path}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    docs = re.split(r"^<\|endoftext\|>$|\n\s*\n\s*\n", text, flags=re.M)
+    docs = [d.strip() for d in docs if len(d.strip()) >= min_chars]
+    if not docs:
+        raise CorpusError(f"{path} holds no document of at least {min_chars} characters")
+    return [Article(f"{path.stem}#{i}", d) for i, d in enumerate(docs)]
+
+
+def load_corpus(source: str = "gensim-wiki", path: str | Path | None = None,
+                fractions=(0.8, 0.1, 0.1), min_chars: int = 200) -> Corpus:
+    """Load a corpus split into train/validation/test (see the module docstring for the sources)."""
+    if source == "gensim-wiki":
+        return Corpus(source, split_by_hash(_read_gensim_wiki(min_chars), fractions))
+    if path is None:
+        raise CorpusError(f"corpus source {source!r} needs a path (corpus_path parameter)")
+    from .paths import resolve
+    path = resolve(path)
+    if source == "wikitext":
+        return Corpus(f"wikitext:{path.name}", _read_wikitext(path))
+    if source == "text":
+        return Corpus(f"text:{path.name}", split_by_hash(_read_text_file(path, min_chars), fractions))
+    raise CorpusError(f"unknown corpus source {source!r}; use 'gensim-wiki', 'wikitext' or 'text'")
+
+
+# ---------------------------------------------------------------- prompts
+
+@dataclass
+class PromptSet:
+    """Prompts of exactly `n_tokens` tokens each (plus a BOS in front when `bos` is set)."""
+    ids: list[list[int]]
+    sources: list[str]
+    n_tokens: int
+    bos: bool = False
+    skipped: int = 0
+    skipped_titles: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def as_array(self) -> np.ndarray:
+        return np.asarray(self.ids, dtype=np.int64)
+
+    def hash(self) -> str:
+        """A short hash of the token ids: the key of cached states."""
+        return hashlib.sha1(self.as_array().tobytes()).hexdigest()[:16]
+
+
+def build_prompts(articles: Sequence[Article], tokenizer, n_tokens: int, n_prompts: int | None = None,
+                  add_bos: bool = False, per_article: int = 1) -> PromptSet:
+    """The first `n_tokens` tokens of each article (up to `per_article` consecutive, non-overlapping
+    windows of one article), in corpus order, skipping and counting articles that are too short.
+    With add_bos the tokenizer's BOS is put in front (so a prompt has n_tokens + 1 ids)."""
+    if n_tokens < 1 or per_article < 1 or (n_prompts is not None and n_prompts < 1):
+        raise CorpusError(f"n_tokens, n_prompts and per_article must be positive "
+                          f"(got {n_tokens}, {n_prompts}, {per_article})")
+    bos = []
+    if add_bos:
+        if tokenizer.bos_token_id is None:
+            raise CorpusError("add_bos is set but the tokenizer has no BOS token; use add_bos=False")
+        bos = [tokenizer.bos_token_id]
+    ids, sources, skipped, longest = [], [], [], 0
+    need = n_tokens * per_article
+    for art in articles:
+        # tokenise a prefix long enough for the windows (BPE effects at the cut are local: keep a margin)
+        n_chars = need * 12 + 200
+        toks = tokenizer(art.text[:n_chars], add_special_tokens=False)["input_ids"]
+        if len(toks) < need + 16 and len(art.text) > n_chars:
+            toks = tokenizer(art.text, add_special_tokens=False)["input_ids"]
+        if len(art.text) > n_chars:
+            toks = toks[:len(toks) - 16]  # drop tokens that the cut could have changed
+        longest = max(longest, len(toks))
+        windows = min(per_article, len(toks) // n_tokens)
+        if windows == 0:
+            skipped.append(art.title)
+            continue
+        for w in range(windows):
+            ids.append(bos + list(toks[w * n_tokens:(w + 1) * n_tokens]))
+            sources.append(art.title if per_article == 1 else f"{art.title}#{w}")
+        if n_prompts is not None and len(ids) >= n_prompts:
+            ids, sources = ids[:n_prompts], sources[:n_prompts]
+            break
+    if not ids:
+        raise CorpusError(f"n_tokens={n_tokens} is longer than every article (the longest has "
+                          f"{longest} tokens); use a smaller n_tokens or a larger corpus")
+    if n_prompts is not None and len(ids) < n_prompts:
+        raise CorpusError(f"asked for {n_prompts} prompts of {n_tokens} tokens but only {len(ids)} "
+                          f"articles are long enough ({len(skipped)} shorter ones skipped); lower "
+                          f"n_prompts to {len(ids)}, lower n_tokens, or raise per_article")
+    return PromptSet(ids, sources, n_tokens, bool(bos), len(skipped), skipped)
+
+
+def shuffle_blocks(ids: Sequence[int], shuffle_index: int, seed: int, keep_first: int = 0) -> list[int]:
+    """The shuffle index S of token_geometry: split the tokens (after the first `keep_first`, e.g. a
+    BOS) into K = 4**S equal blocks and permute the blocks with a seeded generator. S = 0 is the
+    identity; S = log4(N) permutes every token. N must be divisible by K."""
+    head, body = list(ids[:keep_first]), np.asarray(ids[keep_first:])
+    k = 4 ** shuffle_index
+    if shuffle_index < 0 or len(body) % k:
+        raise CorpusError(f"shuffle index S={shuffle_index} needs a prompt length divisible by 4**S={k}, "
+                          f"got {len(body)} tokens; choose n_tokens a multiple of {k} (e.g. 1024)")
+    if k == 1:
+        return head + body.tolist()
+    order = np.random.default_rng(seed).permutation(k)
+    return head + body.reshape(k, -1)[order].reshape(-1).tolist()

@@ -1,0 +1,192 @@
+"""Notebook parameters: one dataclass per notebook, validated before any work starts.
+
+A notebook's `parameters` cell holds literals only; the next cell calls
+`P = load_params("NN_name", globals())`, which collects those names (plus any that papermill
+injected), rejects unknown or ill-typed ones with a message naming the parameter, and returns the
+dataclass. `run_all.sh` validates every section of `params/<profile>.yaml` the same way before it
+starts a notebook, so a bad profile stops the run in its first second.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .paths import resolve
+
+
+class ParameterError(ValueError):
+    """A notebook parameter is unknown, ill-typed or out of range."""
+
+
+# ---------------------------------------------------------------- type checking of literals
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    """Return value (ints widened to float where a float is expected) or raise ParameterError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _check_type(name, value, a)
+            except ParameterError:
+                pass
+        raise ParameterError(f"parameter {name!r}: {value!r} is not of type {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ParameterError(f"parameter {name!r}: {value!r} is not one of {list(args)}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ParameterError(f"parameter {name!r}: expected None, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ParameterError(f"parameter {name!r}: expected a list, got {value!r}")
+        (inner,) = args[:1] or (Any,)
+        return [_check_type(f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParameterError(f"parameter {name!r}: expected a mapping, got {value!r}")
+        kt, vt = args or (Any, Any)
+        return {_check_type(f"{name} key", k, kt): _check_type(f"{name}[{k!r}]", v, vt)
+                for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"parameter {name!r}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(f"parameter {name!r}: expected an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ParameterError(f"parameter {name!r}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported parameter type {tp!r} for {name!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# ---------------------------------------------------------------- the base every notebook shares
+
+@dataclass
+class NotebookParams:
+    """Parameters every notebook has. `out_dir` and `figures_dir` are resolved from the repo root."""
+    profile: str = "default"
+    out_dir: str = "outputs"
+    figures_dir: str = "figures"
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], notebook: str = "") -> "NotebookParams":
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        where = f" of notebook {notebook}" if notebook else ""
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ParameterError(
+                f"unknown parameter {unknown[0]!r}{where}; known parameters: {', '.join(names)}")
+        checked = {k: _check_type(k, v, hints[k]) for k, v in values.items()}
+        obj = cls(**checked)
+        obj.check()
+        return obj
+
+    def check(self) -> None:
+        """Cross-field and range checks; subclasses extend it and raise ParameterError."""
+        if self.profile not in available_profiles():
+            raise ParameterError(f"parameter 'profile': unknown profile {self.profile!r}; "
+                                 f"available: {', '.join(available_profiles())}")
+
+    def positive(self, *names: str) -> None:
+        for n in names:
+            v = getattr(self, n)
+            if v is not None and v <= 0:
+                raise ParameterError(f"parameter {n!r} must be positive, got {v!r}")
+
+    @property
+    def out_path(self) -> Path:
+        return resolve(self.out_dir)
+
+    @property
+    def figures_path(self) -> Path:
+        return resolve(self.figures_dir)
+
+
+# ---------------------------------------------------------------- registry of notebooks
+# Each notebook module of parameters registers itself here: "NN_name" -> dataclass.
+NOTEBOOKS: dict[str, type[NotebookParams]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        NOTEBOOKS[name] = cls
+        return cls
+    return deco
+
+
+def _ensure_registry() -> None:
+    # The dataclasses live in tg_utils.nbparams; importing it fills NOTEBOOKS.
+    from . import nbparams  # noqa: F401
+
+
+def notebook_names() -> list[str]:
+    _ensure_registry()
+    return sorted(NOTEBOOKS)
+
+
+def params_class(notebook: str) -> type[NotebookParams]:
+    _ensure_registry()
+    if notebook not in NOTEBOOKS:
+        raise ParameterError(f"unknown notebook {notebook!r}; known: {', '.join(sorted(NOTEBOOKS))}")
+    return NOTEBOOKS[notebook]
+
+
+# Names IPython puts in a kernel's namespace that are not parameters.
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def load_params(notebook: str, namespace: dict[str, Any]) -> NotebookParams:
+    """Validate the parameters a notebook holds in its namespace (call it right after the
+    parameters cell, before any import that adds names)."""
+    values = {k: v for k, v in namespace.items()
+              if not k.startswith("_") and k not in _IPYTHON_NAMES
+              and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+    return params_class(notebook).from_dict(values, notebook)
+
+
+# ---------------------------------------------------------------- profiles
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in resolve("params").glob("*.yaml"))
+
+
+def load_profile(profile: str) -> dict[str, dict[str, Any]]:
+    """The sections of params/<profile>.yaml, each validated; raises ParameterError."""
+    path = resolve(f"params/{profile}.yaml")
+    if not path.exists():
+        raise ParameterError(f"unknown profile {profile!r}: no {path.relative_to(resolve('.'))}; "
+                             f"available: {', '.join(available_profiles())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: expected one mapping per notebook")
+    for nb, section in data.items():
+        cls = params_class(nb)
+        try:
+            cls.from_dict({"profile": profile, **(section or {})}, nb)
+        except ParameterError as e:
+            raise ParameterError(f"params/{profile}.yaml, section {nb}: {e}") from None
+    return {nb: dict(section or {}) for nb, section in data.items()}
+
+
+__all__ = ["ParameterError", "NotebookParams", "register", "load_params", "load_profile",
+           "notebook_names", "params_class", "available_profiles", "field"]

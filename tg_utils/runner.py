@@ -1,0 +1,184 @@
+"""The headless runner behind run_all.sh: papermill executes the numbered notebooks in order with
+one profile's parameters, logs wall time and peak memory per notebook, and on a failure names the
+executed notebook and the failing cell and exits non-zero.
+
+    python -m tg_utils.runner --kernel token-geometry [--profile default] [--only 03 04] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from .params import ParameterError, load_profile, params_class
+from .paths import resolve
+
+
+def output_root(profile: str, out: str | None) -> Path:
+    """Default output roots keep profiles apart: outputs/ for default, outputs/<profile>/ else."""
+    if out:
+        return resolve(out)
+    return resolve("outputs") if profile == "default" else resolve(f"outputs/{profile}")
+
+
+def figures_root(profile: str, out: str | None) -> Path:
+    """The committed gallery figures/ belongs to the default profile; other runs write their
+    figures under their output root."""
+    return resolve("figures") if (profile == "default" and not out) else output_root(profile, out) / "figures"
+
+
+def select_notebooks(only: list[str] | None) -> list[Path]:
+    nbs = sorted(resolve("notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not only:
+        return nbs
+    chosen = []
+    for key in only:
+        match = [p for p in nbs if p.stem.startswith(key)]
+        if not match:
+            raise ParameterError(f"no notebook {key!r}; available: {', '.join(p.stem[:2] for p in nbs)}")
+        chosen += [p for p in match if p not in chosen]
+    return sorted(chosen)
+
+
+class PeakMemory:
+    """Samples the resident memory of a process tree (papermill + its kernel) in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        import psutil
+        self.proc = psutil.Process(pid)
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import psutil
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**30
+
+
+def failing_cell(executed: Path) -> str:
+    """'cell In [n] (first line of its source): Error: message' from an executed notebook."""
+    try:
+        nb = json.loads(executed.read_text())
+    except (OSError, ValueError):
+        return "the executed notebook could not be read"
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if out.get("output_type") == "error":
+                src = "".join(cell.get("source", "")).strip().splitlines()
+                first = src[0][:80] if src else ""
+                n = cell.get("execution_count")
+                return f"cell In [{n}] ({first!r}) raised {out.get('ename')}: {out.get('evalue')}"
+    return "no cell recorded an error (the kernel may have died: out of memory, or killed)"
+
+
+def run_notebook(nb: Path, params: dict, executed: Path, kernel: str, log_output: bool) -> tuple[int, float, float, str]:
+    """Execute one notebook with papermill in a subprocess. Returns (rc, seconds, peak GiB, stderr tail)."""
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(params, f)
+        pfile = f.name
+    cmd = [sys.executable, "-m", "papermill", str(nb), str(executed), "-k", kernel, "-f", pfile,
+           "--cwd", str(nb.parent), "--request-save-on-cell-execute"]
+    if log_output:
+        cmd.append("--log-output")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    mem = PeakMemory(proc.pid)
+    err_lines = []
+    for line in proc.stderr:  # stream papermill's progress, keep the tail for the failure message
+        sys.stderr.write(line)
+        err_lines = (err_lines + [line])[-40:]
+    rc = proc.wait()
+    peak = mem.stop()
+    os.unlink(pfile)
+    return rc, time.perf_counter() - t0, peak, "".join(err_lines)
+
+
+def append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (e.g. 01 03)")
+    ap.add_argument("--out", help="output root (default outputs/, or outputs/<profile>/ for other profiles)")
+    ap.add_argument("--kernel", default="token-geometry", help="Jupyter kernel name")
+    ap.add_argument("--log-output", action="store_true", help="stream cell outputs (progress bars) to the terminal")
+    args = ap.parse_args(argv)
+
+    try:  # validate everything up front: profile, notebook numbers, every section's parameters
+        sections = load_profile(args.profile)
+        notebooks = select_notebooks(args.only)
+        for nb in notebooks:
+            if nb.stem not in sections:
+                raise ParameterError(f"params/{args.profile}.yaml has no section for {nb.stem}; add one")
+            params_class(nb.stem)
+    except ParameterError as e:
+        print(f"run_all.sh: {e}", file=sys.stderr)
+        return 2
+
+    out, figs = output_root(args.profile, args.out), figures_root(args.profile, args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "run_log.csv"
+    print(f"[run_all] profile {args.profile}: {len(notebooks)} notebooks, outputs in {out}, figures in {figs}",
+          flush=True)
+    passed = 0
+    t_all = time.perf_counter()
+    for nb in notebooks:
+        params = {**sections[nb.stem], "profile": args.profile, "out_dir": str(out), "figures_dir": str(figs)}
+        executed = out / "notebooks" / nb.name
+        print(f"[run_all] {nb.stem} ...", flush=True)
+        rc, secs, peak, tail = run_notebook(nb, params, executed, args.kernel, args.log_output)
+        status = "ok" if rc == 0 else "FAILED"
+        append_log(log_path, {"finished": datetime.now().isoformat(timespec="seconds"), "profile": args.profile,
+                              "notebook": nb.stem, "status": status, "wall_s": round(secs, 1),
+                              "peak_rss_gib": round(peak, 2)})
+        print(f"[run_all] {nb.stem}: {status} in {secs:.1f} s, peak memory {peak:.2f} GiB", flush=True)
+        if rc != 0:
+            lines = tail.strip().splitlines()
+            reason = failing_cell(executed) if executed.exists() else (lines[-1] if lines else "papermill failed")
+            print(f"[run_all] FAILED {nb.stem}: {reason}\n[run_all] executed notebook: {executed}",
+                  file=sys.stderr, flush=True)
+            print(f"{passed} passed, 1 failed")
+            return 1
+        passed += 1
+    print(f"[run_all] all done in {time.perf_counter() - t_all:.0f} s; log: {log_path}")
+    print(f"{passed} passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
