@@ -1,0 +1,508 @@
+"""Words and contexts for the training-trajectory analyses (notebook 06, issue 7).
+
+Word list (token convergence)
+-----------------------------
+`frequent_words(texts, n, min_count)` counts *words*: maximal runs of letters between word boundaries
+(`\\b[^\\W\\d_]+\\b`, so "abc123" and "al-Khwārizmī"'s non-ASCII half are not words) that are pure
+ASCII and written entirely in lower case (sentence-initial "The" and proper nouns do not count), at
+least `min_len` letters long. The n most frequent are kept, ties broken alphabetically, so the list
+is deterministic. `write_word_list()` writes the default corpus' list (train split, every word seen
+at least 3 times, most frequent first: ~8.6k words) to data/frequent_words.txt; the file holds words
+only and is the same for every model. Under a tokenizer trained on the same corpus nearly all of the
+2000 most frequent words are one token, so `select_by_bucket(words, tok, per_bucket=...)` takes the
+most frequent words of each bucket from the whole list.
+
+A word's bucket is the number of tokens it takes under a model's tokenizer, written with a leading
+space as it appears inside a sentence (`bucket_by_tokens(words, tok, prefix=" ")`).
+
+First-position effect: a word fed alone sits at position 0 (no BOS), where a causal LM's states are
+atypical (attention sink, huge norms), and a one-token word is *only* that position.
+`word_prompts(words, tok, prefix="The word is")` puts a fixed short prefix in front (its tokens,
+then the word's tokens, tokenised separately and concatenated, so the word keeps exactly its bucket
+tokens) and returns the position of the word's last token.
+
+Contexts (multi-token context perturbation)
+-------------------------------------------
+Contexts are stored as text and bucketed per tokenizer at run time:
+
+1. `context_candidates(texts)` (tokenizer-independent, written to data/contexts.json by
+   `write_contexts()`): sentences (lines split after . ! ? before a capital) cut right after a word
+   that is preceded by a space and not followed by a letter, digit, hyphen or apostrophe, with at
+   least `min_words_before` words before it and at most `max_words` words in all. A word (ASCII,
+   lower case or Capitalised, at least `min_len` letters) is kept if it ends at least `min_contexts`
+   distinct such contexts; its contexts are the first `max_per_word` in sha1 order (deterministic, no
+   matter the text order). To keep the file small, words of at least `keep_all_from` letters are all
+   kept (multi-token words are long ones, under any tokenizer), shorter ones up to `per_length` per
+   length (sha1 order). A *lexicon* (every such word seen at least `lexicon_min_count` times) is stored
+   too (every such word, any count by default): the pool of swap partners.
+2. `build_contexts(candidates, tokenizer, buckets=range(2, 7))` (per tokenizer, a second or two): the
+   word's tokens `tok(" " + word)`; a context is kept only if its token ids end with exactly those
+   ids (checked, not assumed); for each context a swapped variant replaces the last word with a
+   lexicon word whose last token id is the same (a different word, same token count preferred,
+   chosen by a seeded hash), kept only if its ids are the base ids with the word's tokens replaced by
+   the partner's. Words with at least `min_contexts` such (base, swap) pairs are kept, each with at
+   most `max_contexts` of them (default: exactly min_contexts = 5). A bucket with fewer than `min_words` words is reported (a warning and
+   `ContextSet.report`), never padded. `ContextSet.key` (tokenizer hash, candidate hash, parameters)
+   identifies the set, e.g. for the activation cache; nothing else is cached.
+
+Use with the extractor (states of the last token of every prompt, then tg_utils.trajectory):
+    cs = build_contexts(load_contexts(), lm.tokenizer, add_bos=lm.desc.adds_bos)
+    base, mask = cs.stack(extract_states(lm, cs.prompts(), layers, positions="last").stacked())
+    swap, _ = cs.stack(extract_states(lm, cs.swap_prompts(), layers, positions="last").stacked())
+    scores = perturbation_scores(base, None, swap, base_mask=mask)      # (n_words, n_layers) each
+    perturbation_by_bucket(scores, cs.word_buckets())
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+WORD_LIST_PATH = "data/frequent_words.txt"
+CONTEXTS_PATH = "data/contexts.json"
+CONTEXTS_FORMAT = "tg-contexts-v1"
+DEFAULT_PREFIX = "The word is"
+
+_WORD = re.compile(r"\b[^\W\d_]+\b")
+_SPACED_WORD = re.compile(r"(?<= )[^\W\d_]+(?![\w'’-])")       # preceded by a space, whole word
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
+
+
+# ============================================================================ helpers
+
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _hash_order(items: Iterable[str], seed: int | str = 0) -> list[str]:
+    """Items sorted by sha1(seed:item): a deterministic shuffle that ignores the input order."""
+    return sorted(items, key=lambda s: (_sha(f"{seed}:{s}"), s))
+
+
+def _is_plain_word(w: str, min_len: int) -> bool:
+    """ASCII letters, lower case or Capitalised (no CamelCase / ALLCAPS artefacts), >= min_len."""
+    return (len(w) >= min_len and w.isascii() and w.isalpha()
+            and (w.islower() or (w[0].isupper() and w[1:].islower())))
+
+
+def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens (one batched call; straight to the fast backend when
+    there is one, which gives the same ids as `tokenizer(texts, add_special_tokens=False)` faster)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def _bos(tokenizer, add_bos: bool) -> list[int]:
+    """[BOS] (or [CLS] for an encoder) if add_bos (e.g. `lm.desc.adds_bos`), else []."""
+    if not add_bos:
+        return []
+    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = getattr(tokenizer, "cls_token_id", None) if bos is None else bos
+    if bos is None:
+        raise ValueError("add_bos is set but the tokenizer has no BOS (or CLS) token; use add_bos=False")
+    return [bos]
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A short content hash of a tokenizer (its tokenizer.json when it has a fast backend, else its
+    vocabulary): the key under which per-tokenizer word buckets and contexts are identified."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return _sha(text)[:16]
+
+
+def _default_corpus():
+    from .corpus import load_corpus
+    return load_corpus()
+
+
+# ============================================================================ word list
+
+def frequent_words(corpus_texts: Iterable[str], n: int | None = 2000, min_len: int = 3,
+                   min_count: int = 1) -> list[str]:
+    """The `n` most frequent words of the texts (None: all) among those seen at least `min_count`
+    times (see the module docstring for what counts as a word: ASCII letters, written in lower case,
+    >= min_len letters), most frequent first, ties broken alphabetically. Returns fewer (with a
+    warning) if the texts hold fewer such words."""
+    counts: Counter[str] = Counter()
+    for text in corpus_texts:
+        counts.update(w for w in _WORD.findall(text) if len(w) >= min_len and w.isascii() and w.islower())
+    ranked = sorted(((w, c) for w, c in counts.items() if c >= min_count), key=lambda kv: (-kv[1], kv[0]))
+    if n is not None and len(ranked) < n:
+        warnings.warn(f"frequent_words: the texts hold only {len(ranked)} distinct words of "
+                      f">= {min_len} letters seen >= {min_count} times, fewer than n={n}; returning "
+                      "them all", stacklevel=2)
+    return [w for w, _ in ranked[:n]]
+
+
+def select_by_bucket(words: Sequence[str], tokenizer, buckets: Iterable[int] | None = None,
+                     per_bucket: int | None = None, prefix: str = " ") -> dict[str, int]:
+    """The first `per_bucket` words (list order: the most frequent for a frequency-ranked list) of each
+    bucket in `buckets` (None: every bucket; per_bucket None: all) -> {word: bucket}, in list order.
+    With the toy tokenizer almost every one of the 2000 most frequent words is one token, so take
+    the whole written list (about 8.6k words) and select per bucket."""
+    wanted = None if buckets is None else set(int(b) for b in buckets)
+    taken: Counter[int] = Counter()
+    out = {}
+    for w, b in bucket_by_tokens(words, tokenizer, prefix).items():
+        if (wanted is None or b in wanted) and (per_bucket is None or taken[b] < per_bucket):
+            out[w] = b
+            taken[b] += 1
+    return out
+
+
+def write_word_list(path: str | Path = WORD_LIST_PATH, n: int | None = None, min_len: int = 3,
+                    min_count: int = 3, corpus=None, split: str = "train") -> Path:
+    """Write the frequent words of a corpus split (default: the default corpus, train split, the text
+    the toy models learn from; every word seen >= `min_count` times, at most `n`) to `path`, most
+    frequent first, one word per line after '#' comment lines that say how it was made. The head of
+    the list (the first 2000) are the most frequent words; the tail supplies multi-token words, which
+    a tokenizer trained on the same corpus makes rare among the frequent ones. Deterministic; atomic."""
+    from .paths import resolve, write_text_atomic
+    corpus = corpus or _default_corpus()
+    words = frequent_words(corpus.texts(split), n=n, min_len=min_len, min_count=min_count)
+    header = (f"# {len(words)} most frequent words of corpus {corpus.name!r} (split {split}): lower-case "
+              f"ASCII words of >= {min_len} letters seen >= {min_count} times, most frequent first, "
+              "ties broken alphabetically\n"
+              "# written by tg_utils.words.write_word_list(); one word per line; tokenizer-independent\n")
+    path = resolve(path)
+    write_text_atomic(path, header + "\n".join(words) + "\n")
+    path.chmod(0o644)
+    return path
+
+
+def read_word_list(path: str | Path = WORD_LIST_PATH) -> list[str]:
+    """The words of a word-list file (lines starting with '#' and blank lines skipped)."""
+    from .paths import resolve
+    p = resolve(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no word list at {p}; write it with tg_utils.words.write_word_list()")
+    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+# ============================================================================ buckets
+
+def word_token_ids(words: Sequence[str], tokenizer, prefix: str = " ") -> list[list[int]]:
+    """Token ids of `prefix + word` for each word (no special tokens)."""
+    return _encode(tokenizer, [prefix + w for w in words])
+
+
+def bucket_by_tokens(words: Sequence[str], tokenizer, prefix: str = " ") -> dict[str, int]:
+    """word -> number of tokens of `prefix + word` under the tokenizer (the word's bucket); the
+    default prefix " " is how a word appears inside a sentence. Dict in the order of `words`."""
+    return {w: len(ids) for w, ids in zip(words, word_token_ids(words, tokenizer, prefix))}
+
+
+def bucket_table(word_buckets: Mapping[str, int], n_examples: int = 8) -> "pd.DataFrame":
+    """Tidy bucket table: one row per bucket (n_tokens) with n_words, the share of the words and the
+    first `n_examples` words (in list order)."""
+    import pandas as pd
+    groups: dict[int, list[str]] = defaultdict(list)
+    for w, b in word_buckets.items():
+        groups[b].append(w)
+    total = max(1, len(word_buckets))
+    rows = [{"n_tokens": b, "n_words": len(ws), "share": len(ws) / total,
+             "examples": " ".join(ws[:n_examples])} for b, ws in sorted(groups.items())]
+    return pd.DataFrame(rows, columns=["n_tokens", "n_words", "share", "examples"])
+
+
+@dataclass
+class WordPrompts:
+    """Token-id prompts, one per word. ids[i]: [BOS] + prefix tokens + the word's tokens;
+    last_pos[i]: index of the word's last token in ids[i] (= len(ids[i]) - 1);
+    word_start[i]: index of its first token; n_tokens[i]: the word's bucket."""
+    words: list[str]
+    ids: list[list[int]]
+    last_pos: np.ndarray
+    word_start: np.ndarray
+    n_tokens: np.ndarray
+    prefix: str | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def hash(self) -> str:
+        """A short hash of the token ids: the key of cached states."""
+        return _sha(json.dumps(self.ids))[:16]
+
+
+def word_prompts(words: Sequence[str], tokenizer, prefix: str | None = None, word_prefix: str = " ",
+                 add_bos: bool = False) -> WordPrompts:
+    """Prompts that feed each word alone (`prefix=None`) or after a fixed short prefix (e.g.
+    `DEFAULT_PREFIX` = "The word is"). The word is tokenised as `word_prefix + word` (its bucket
+    tokens, as in `bucket_by_tokens`) and the prefix on its own; the prompt is their concatenation
+    (with the tokenizer's BOS in front if `add_bos`), so the state read at `last_pos` is always that of
+    the word's last token. Without prefix or BOS a one-token word sits at position 0 (see the module
+    docstring on the first-position effect)."""
+    words = list(words)
+    head = _bos(tokenizer, add_bos) + (_encode(tokenizer, [prefix])[0] if prefix else [])
+    wids = word_token_ids(words, tokenizer, word_prefix)
+    if any(len(x) == 0 for x in wids):
+        bad = [w for w, x in zip(words, wids) if not x][:5]
+        raise ValueError(f"words tokenise to nothing: {bad}")
+    ids = [head + x for x in wids]
+    n_tok = np.array([len(x) for x in wids], dtype=np.int64)
+    last = np.array([len(x) - 1 for x in ids], dtype=np.int64)
+    return WordPrompts(words, ids, last, last - n_tok + 1, n_tok, prefix)
+
+
+# ============================================================================ context candidates
+
+def _sentences(text: str) -> Iterable[str]:
+    for line in text.split("\n"):
+        for s in _SENTENCE_END.split(line.strip()):
+            if s:
+                yield s
+
+
+def _contexts_by_word(texts: Iterable[str], min_len: int, min_words_before: int, max_words: int):
+    """word -> set of contexts (sentence prefixes ending with the word); word -> occurrences."""
+    ctx: dict[str, set[str]] = defaultdict(set)
+    seen: Counter[str] = Counter()
+    for text in texts:
+        for sent in _sentences(text):
+            n_before = None
+            for m in _SPACED_WORD.finditer(sent):
+                w = m.group()
+                if not _is_plain_word(w, min_len):
+                    continue
+                seen[w] += 1
+                n_before = len(sent[:m.start()].split())
+                if min_words_before <= n_before <= max_words - 1:
+                    ctx[w].add(sent[:m.end()])
+    return ctx, seen
+
+
+def context_candidates(corpus_texts: Iterable[str], min_contexts: int = 5, max_per_word: int = 6,
+                       min_len: int = 3, min_words_before: int = 3, max_words: int = 24,
+                       keep_all_from: int = 9, per_length: int = 100, lexicon_min_count: int = 1,
+                       seed: int = 0) -> dict:
+    """Tokenizer-independent context candidates (rules in the module docstring).
+
+    Returns {"format", "params", "lexicon": [words, sorted], "contexts": {word: [contexts]}} where
+    every context is a sentence prefix ending with " " + word, words in sorted order, at least
+    `min_contexts` and at most `max_per_word` contexts each.
+    """
+    params = dict(min_contexts=min_contexts, max_per_word=max_per_word, min_len=min_len,
+                  min_words_before=min_words_before, max_words=max_words,
+                  keep_all_from=keep_all_from, per_length=per_length,
+                  lexicon_min_count=lexicon_min_count, seed=seed)
+    ctx, seen = _contexts_by_word(corpus_texts, min_len, min_words_before, max_words)
+    eligible = [w for w, c in ctx.items() if len(c) >= min_contexts]
+    by_len: dict[int, list[str]] = defaultdict(list)
+    for w in eligible:
+        by_len[len(w)].append(w)
+    chosen = []
+    for length, ws in by_len.items():
+        chosen += ws if length >= keep_all_from else _hash_order(ws, seed)[:per_length]
+    contexts = {w: _hash_order(ctx[w], f"{seed}:{w}")[:max_per_word] for w in sorted(chosen)}
+    lexicon = sorted(w for w, c in seen.items() if c >= lexicon_min_count)
+    return {"format": CONTEXTS_FORMAT, "params": params, "lexicon": lexicon, "contexts": contexts}
+
+
+def write_contexts(path: str | Path = CONTEXTS_PATH, corpus=None, splits: Sequence[str] | None = None,
+                   **kwargs) -> Path:
+    """Write `context_candidates` of a corpus (default: the default corpus, all splits: contexts are
+    inputs to read states from, not training text) to `path` as JSON (one context per line; atomic)."""
+    from .paths import resolve, write_text_atomic
+    corpus = corpus or _default_corpus()
+    splits = list(splits or corpus.splits)
+    cand = context_candidates([t for s in splits for t in corpus.texts(s)], **kwargs)
+    cand = {"format": cand["format"], "source": {"corpus": corpus.name, "splits": splits},
+            **{k: v for k, v in cand.items() if k != "format"}}
+    path = resolve(path)
+    write_text_atomic(path, json.dumps(cand, indent=0, ensure_ascii=False) + "\n")
+    path.chmod(0o644)
+    return path
+
+
+def load_contexts(path: str | Path = CONTEXTS_PATH) -> dict:
+    """The context candidates written by `write_contexts`."""
+    from .paths import resolve
+    p = resolve(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no contexts at {p}; write them with tg_utils.words.write_contexts()")
+    cand = json.loads(p.read_text())
+    if cand.get("format") != CONTEXTS_FORMAT:
+        raise ValueError(f"{p} is not a context file of format {CONTEXTS_FORMAT}")
+    return cand
+
+
+# ============================================================================ per-tokenizer contexts
+
+CONTEXT_COLUMNS = ["word", "bucket", "context", "text", "ids", "last_pos", "last_token_id",
+                   "swap_word", "swap_bucket", "swap_text", "swap_ids", "swap_last_pos"]
+
+
+@dataclass
+class ContextSet:
+    """Contexts of one tokenizer.
+
+    table: one row per (word, context), grouped by word (words in bucket order, then sha1 order),
+      `context` = 0..n_contexts-1; columns CONTEXT_COLUMNS: `ids` / `swap_ids` the token ids of the
+      base / swapped sentence ([BOS] + text), `last_pos` / `swap_last_pos` the index of the last token
+      (the state to read), `last_token_id` shared by both.
+    report: one row per requested bucket: n_candidates (candidate words with that many tokens),
+      n_words (kept), n_contexts (rows), enough (n_words >= min_words).
+    key: hash of (tokenizer, candidates, parameters).
+    """
+    table: "pd.DataFrame"
+    report: "pd.DataFrame"
+    key: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def words(self) -> list[str]:
+        return list(dict.fromkeys(self.table["word"]))
+
+    @property
+    def n_contexts(self) -> np.ndarray:
+        """(n_words,) contexts of each word, in `words` order (min_contexts..max_contexts)."""
+        return self.table.groupby("word", sort=False).size().to_numpy()
+
+    def word_buckets(self) -> np.ndarray:
+        """(n_words,) bucket of each word, in `words` order."""
+        return self.table.groupby("word", sort=False)["bucket"].first().to_numpy()
+
+    def prompts(self) -> list[list[int]]:
+        """Token ids of the base sentences, in table order."""
+        return list(self.table["ids"])
+
+    def swap_prompts(self) -> list[list[int]]:
+        """Token ids of the swapped sentences, in table order."""
+        return list(self.table["swap_ids"])
+
+    def stack(self, states) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row states (n_rows, ...) in table order -> (stacked (n_words, C, ...), mask (n_words, C))
+        with C = the most contexts of a word; missing slots are zeros with mask False (pass the mask
+        as `base_mask` to `trajectory.perturbation_scores`). With the default max_contexts =
+        min_contexts every word has C contexts and the mask is all True."""
+        if hasattr(states, "detach"):                      # a torch tensor (any device, any dtype)
+            states = states.detach().cpu()
+            states = states.float() if str(states.dtype) == "torch.bfloat16" else states
+            states = states.numpy()
+        a = np.asarray(states)
+        if a.shape[0] != len(self.table):
+            raise ValueError(f"got {a.shape[0]} states for {len(self.table)} contexts")
+        n = self.n_contexts
+        out = np.zeros((len(n), int(n.max(initial=0)), *a.shape[1:]), dtype=a.dtype)
+        word_idx = np.repeat(np.arange(len(n)), n)
+        out[word_idx, self.table["context"].to_numpy()] = a
+        mask = np.arange(out.shape[1])[None, :] < n[:, None]
+        return out, mask
+
+
+def _swap_pools(lexicon: Sequence[str], tokenizer, prefix: str):
+    """last token id -> list of (word, n_tokens) of the lexicon, sorted by word."""
+    pools: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for w, ids in zip(lexicon, word_token_ids(lexicon, tokenizer, prefix)):
+        if ids:
+            pools[ids[-1]].append((w, len(ids)))
+    return pools
+
+
+def _partners(word: str, n_tok: int, pool: Sequence[tuple[str, int]]) -> list[str]:
+    """The words of the pool other than `word` (any case), those with the same token count if any."""
+    others = [p for p in pool if p[0].lower() != word.lower()]
+    same = [p[0] for p in others if p[1] == n_tok]
+    return same or [p[0] for p in others]
+
+
+def _pick(cands: Sequence[str], salt: str) -> str:
+    """One of `cands`, chosen by a seeded hash of `salt` (deterministic, order of calls irrelevant)."""
+    return cands[int(_sha(salt)[:12], 16) % len(cands)]
+
+
+def build_contexts(source, tokenizer, buckets: Iterable[int] = range(2, 7), min_contexts: int = 5,
+                   max_contexts: int | None = None, min_words: int = 20, max_words: int | None = None,
+                   max_len: int = 64, prefix: str = " ", add_bos: bool = False, seed: int = 0,
+                   warn: bool = True) -> ContextSet:
+    """Contexts of multi-token words under one tokenizer, with their swapped variants.
+
+    source: the candidates (`load_contexts()` / `context_candidates(...)`), or corpus texts (a
+      sequence of str; candidates are made from them with default settings and min_contexts).
+    tokenizer: any transformers tokenizer (toy or hub); prefix: written before a word to tokenise it
+      alone (" ": as inside a sentence); add_bos: put the tokenizer's BOS in front of every sentence.
+    buckets: the token counts wanted; min_contexts: (base, swap) pairs a word needs; max_contexts:
+      pairs kept per word (default min_contexts, so every word has the same number and
+      `ContextSet.stack` has no gaps); max_words: cap on words per bucket (sha1 order), None = all;
+      max_len: most tokens in a sentence (without BOS); min_words: below it a bucket is reported
+      short (a warning if `warn`; `report.enough` in any case), never padded. Rules: module docstring.
+    """
+    import pandas as pd
+    if isinstance(source, Mapping):
+        cand = source
+    else:
+        cand = context_candidates(list(source), min_contexts=min_contexts)
+    max_contexts = max_contexts or min_contexts
+    if max_contexts < min_contexts:
+        raise ValueError(f"max_contexts ({max_contexts}) must be >= min_contexts ({min_contexts})")
+    buckets = sorted(set(int(b) for b in buckets))
+    params = dict(buckets=buckets, min_contexts=min_contexts, max_contexts=max_contexts,
+                  min_words=min_words, max_words=max_words, max_len=max_len, prefix=prefix,
+                  add_bos=add_bos, seed=seed)
+    bos = _bos(tokenizer, add_bos)
+    words = list(cand["contexts"])
+    wids = dict(zip(words, word_token_ids(words, tokenizer, prefix)))
+    wanted = [w for w in words if len(wids[w]) in buckets]
+    pools = _swap_pools(cand["lexicon"], tokenizer, prefix)
+
+    # base and swapped sentences of every candidate context of the wanted words (batched tokenisation)
+    rows = []
+    for w in wanted:
+        cands = _partners(w, len(wids[w]), pools.get(wids[w][-1], ()))
+        for text in cand["contexts"][w]:
+            if cands and text.endswith(" " + w):
+                partner = _pick(cands, f"{seed}:{w}:{text}")
+                rows.append((w, text, partner, text[:-len(w)] + partner))
+    base_ids = _encode(tokenizer, [r[1] for r in rows])
+    swap_ids = _encode(tokenizer, [r[3] for r in rows])
+    partners = sorted({r[2] for r in rows})
+    pids = dict(zip(partners, word_token_ids(partners, tokenizer, prefix)))
+
+    kept: dict[str, list[dict]] = defaultdict(list)
+    for (w, text, p, stext), b, s in zip(rows, base_ids, swap_ids):
+        k, kp = len(wids[w]), len(pids[p])
+        ok = (len(b) <= max_len and b[-k:] == wids[w] and s[-kp:] == pids[p]
+              and b[:-k] == s[:-kp] and s[-1] == b[-1] and len(b) > k)
+        if ok:
+            kept[w].append(dict(word=w, bucket=k, text=text, ids=bos + b, last_pos=len(bos) + len(b) - 1,
+                                last_token_id=b[-1], swap_word=p, swap_bucket=kp, swap_text=stext,
+                                swap_ids=bos + s, swap_last_pos=len(bos) + len(s) - 1))
+    out, report = [], []
+    for bucket in buckets:
+        in_bucket = [w for w in wanted if len(wids[w]) == bucket]
+        good = [w for w in _hash_order(in_bucket, seed) if len(kept[w]) >= min_contexts]
+        if max_words is not None:
+            good = good[:max_words]
+        for w in good:
+            for j, r in enumerate(kept[w][:max_contexts]):
+                out.append({**r, "context": j})
+        report.append({"bucket": bucket, "n_candidates": len(in_bucket), "n_words": len(good),
+                       "n_contexts": sum(min(len(kept[w]), max_contexts) for w in good),
+                       "enough": len(good) >= min_words})
+    table = pd.DataFrame(out, columns=CONTEXT_COLUMNS)
+    report = pd.DataFrame(report)
+    short = report[~report["enough"]]
+    if warn and len(short):
+        warnings.warn("build_contexts: too few words with >= {} contexts in bucket(s) {} (min_words={}): "
+                      "the corpus gives {}; returning what it has".format(
+                          min_contexts, short["bucket"].tolist(), min_words, short["n_words"].tolist()),
+                      stacklevel=2)
+    key = _sha(json.dumps([tokenizer_hash(tokenizer), _sha(json.dumps(cand["contexts"], sort_keys=True)),
+                           _sha(json.dumps(cand["lexicon"])), params], sort_keys=True))[:16]
+    return ContextSet(table, report, key, params)
