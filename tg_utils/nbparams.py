@@ -32,16 +32,16 @@ class TrainToyParams(NotebookParams):
     d_ff: int = 512
     context: int = 256
     dropout: float = 0.0
-    max_steps: int = 600
-    batch_size: int = 16
+    max_steps: int = 160
+    batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-3
-    warmup_steps: int = 60
+    warmup_steps: int = 16
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 50
-    eval_tokens: int = 65536
-    save_every: int = 100
+    eval_every: int = 40
+    eval_tokens: int = 8192
+    save_every: int = 40
 
     def check(self) -> None:
         super().check()

@@ -71,6 +71,10 @@ def model_cache_dir() -> Path:
     return p
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike):
     """Yield a temporary path beside `final`; on success rename it over `final` (atomic on POSIX),
@@ -82,6 +86,7 @@ def atomic_path(final: str | os.PathLike):
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give them the usual mode
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,496 @@
+"""Training the toy transformers: data windows, AdamW with warmup + cosine decay, perplexity, and
+checkpoints that notebook 06 reads as a training trajectory.
+
+Run directory layout (one run = one preset + one train config):
+    run_dir/config.json          model and train config (human-readable copy)
+    run_dir/tokenizer.json       the tokenizer the run was trained with (the checkpoints' tokenizer reference)
+    run_dir/step_000000.pt       trajectory checkpoints at checkpoint_steps(max_steps): 0, 1, 2, 4, ..., last;
+    run_dir/step_000001.pt ...   step s = the weights after s optimizer updates (step 0 = random init)
+    run_dir/last.pt              rolling resume checkpoint (every save_every steps; removed when the run ends)
+    run_dir/train_log.csv        tidy log, one row per step s = updates done (row 0 = the init, eval only):
+                                 lr and train_loss of update s, grad_norm before clipping, val_loss/val_ppl
+                                 every eval_every steps (on eval_tokens validation tokens), test_loss/test_ppl
+                                 on the last row (full test split), tokens_seen, elapsed_s (compute time)
+    run_dir/summary.json         written last: final full-split validation/test perplexity, unigram baselines
+Every file is written atomically (temp file, then rename). A checkpoint is a torch.save'd dict, readable
+with torch.load(weights_only=True): format, step, model_config, model_state, optimizer_state (None in
+weights-only trajectory checkpoints), data_rng_state, torch_rng_state, train_config, tokenizer
+("tokenizer.json", relative to run_dir, or None), tokens_seen, elapsed_s, log (the rows so far).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .paths import atomic_path, write_text_atomic
+from .toy_model import ToyConfig, ToyTransformer
+
+CKPT_FORMAT = "tg-toy-checkpoint-v1"
+LOG_COLUMNS = ["step", "lr", "train_loss", "grad_norm", "val_loss", "val_ppl", "test_loss", "test_ppl",
+               "tokens_seen", "elapsed_s"]
+HOW_TO_TRAIN = "train it with notebook 01 (bash run_all.sh --only 01)"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or does not match the run asked for."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 600
+    batch_size: int = 16            # sequences per micro-batch
+    grad_accum: int = 1             # micro-batches per optimizer step
+    lr: float = 3e-3                # peak learning rate
+    warmup_steps: int = 60          # linear warmup; 0 = no warmup
+    min_lr_ratio: float = 0.1       # cosine decay to min_lr_ratio * lr at max_steps
+    weight_decay: float = 0.1       # AdamW, matrices only (not norms, biases, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0          # max global grad norm; 0 = no clipping
+    eval_every: int = 50            # validation every this many steps (and at 0 and the last step)
+    eval_tokens: int | None = None  # validation tokens used for the periodic evals (None = all)
+    eval_batch_size: int = 32
+    seed: int = 0                   # model init and data order
+    save_every: int = 50            # rolling resume checkpoint interval (last.pt)
+    trajectory_optimizer: bool = True  # keep optimizer state in step_*.pt (resumable; ~3x larger files)
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------- schedule
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of update number step+1 (step = updates done so far, 0-based).
+    Warmup: lr * (step+1) / warmup_steps for step < warmup_steps. Then cosine from lr down to
+    min_lr_ratio * lr, reached at step = max_steps: progress p = (step - warmup) / (max_steps - warmup),
+    lr_min + (lr - lr_min) * (1 + cos(pi p)) / 2."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    lr_min = cfg.min_lr_ratio * cfg.lr
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    p = min(1.0, (step - cfg.warmup_steps) / span)
+    return lr_min + (cfg.lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def checkpoint_steps(max_steps: int) -> list[int]:
+    """Trajectory checkpoint steps: 0, 1, 2, 4, 8, ... (powers of two below max_steps) and max_steps."""
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    steps = [0]
+    s = 1
+    while s < max_steps:
+        steps.append(s)
+        s *= 2
+    if max_steps > 0:
+        steps.append(max_steps)
+    return steps
+
+
+# ----------------------------------------------------------------------------------------- data
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> np.ndarray:
+    """One token stream: every text followed by eos (articles joined by <|endoftext|>), int32."""
+    eos = tokenizer.eos_token_id
+    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    out = []
+    for ids in enc:
+        out.extend(ids)
+        out.append(eos)
+    return np.asarray(out, dtype=np.int32)
+
+
+def _as_long(ids) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+    if t.ndim != 1:
+        raise ValueError(f"a token stream must be 1-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def random_batch(ids: torch.Tensor, batch_size: int, context: int, generator: torch.Generator):
+    """(x, y), each (batch_size, context): random windows of context+1 tokens, y = x shifted by one."""
+    n_starts = len(ids) - context
+    if n_starts < 1:
+        raise ValueError(f"token stream of {len(ids)} tokens is too short for context {context}")
+    starts = torch.randint(n_starts, (batch_size,), generator=generator)
+    win = ids[starts[:, None] + torch.arange(context + 1)]           # (B, context+1)
+    return win[:, :-1], win[:, 1:]
+
+
+def eval_windows(n_tokens: int, context: int) -> list[tuple[int, int]]:
+    """Fixed non-overlapping windows [start, end) over a stream: every token but the first is a target
+    exactly once; the last window may be shorter."""
+    return [(s, min(s + context + 1, n_tokens)) for s in range(0, n_tokens - 1, context)]
+
+
+@torch.no_grad()
+def evaluate_perplexity(model, ids, context: int, batch_size: int = 32, max_tokens: int | None = None,
+                        device=None) -> dict:
+    """Token-weighted mean cross-entropy of next-token prediction over `ids` (first max_tokens tokens),
+    in fixed non-overlapping windows of `context` targets. Returns {"loss", "ppl" = exp(loss), "tokens"}.
+    The model is put in eval mode and restored afterwards."""
+    ids = _as_long(ids)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("evaluate_perplexity needs at least 2 tokens")
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    wins = eval_windows(len(ids), context)
+    full = [w for w in wins if w[1] - w[0] == context + 1]
+    tail = [w for w in wins if w[1] - w[0] != context + 1]
+    try:
+        groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]
+        for group in groups:
+            win = torch.stack([ids[s:e] for s, e in group]).to(device)  # (b, L+1)
+            logits = model(win[:, :-1])                                  # (b, L, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten(), reduction="sum")
+            total += loss.item()
+            count += win[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    mean = total / count
+    return {"loss": mean, "ppl": math.exp(mean), "tokens": count}
+
+
+def unigram_perplexity(train_ids, eval_ids, vocab_size: int) -> float:
+    """Perplexity of an add-one smoothed unigram model fitted on train_ids, on the targets of eval_ids
+    (eval_ids[1:], the tokens evaluate_perplexity scores)."""
+    train = np.asarray(train_ids, dtype=np.int64)
+    target = np.asarray(eval_ids, dtype=np.int64)[1:]
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(np.exp(-logp[target].mean()))
+
+
+# ----------------------------------------------------------------------------------------- optimizer
+
+def weight_decay_groups(model) -> tuple[list[str], list[str]]:
+    """(decayed, not decayed) parameter names: matrices decay; norms, biases and the embedding (and an lm_head
+    tied to it) do not."""
+    embed = model.embed.weight
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():   # a tied lm_head.weight appears once, as embed.weight
+        if p.ndim >= 2 and p is not embed:
+            decay.append(name)
+        else:
+            no_decay.append(name)
+    return decay, no_decay
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = weight_decay_groups(model)
+    params = dict(model.named_parameters())
+    groups = [{"params": [params[n] for n in decay], "weight_decay": cfg.weight_decay},
+              {"params": [params[n] for n in no_decay], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, foreach=True)
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+def _step_path(run_dir: Path, step: int) -> Path:
+    return run_dir / f"step_{step:06d}.pt"
+
+
+def list_checkpoints(run_dir) -> list[int]:
+    """Steps of the trajectory checkpoints (step_*.pt) in run_dir, sorted; [] if none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    steps = []
+    for p in run_dir.glob("step_*.pt"):
+        try:
+            steps.append(int(p.stem.split("_", 1)[1]))
+        except ValueError:
+            pass
+    return sorted(steps)
+
+
+def _read(path: Path) -> dict:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, ...
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); delete it "
+            f"and re-run training ({HOW_TO_TRAIN})") from e
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path} is not a toy-model checkpoint (format {CKPT_FORMAT})")
+    return ck
+
+
+def _save(path: Path, ck: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(ck, tmp)
+
+
+def load_checkpoint(run_dir, step: int | None = None, device="cpu"):
+    """(model in eval mode, tokenizer or None, meta) of the checkpoint at `step` (default: the latest
+    trajectory checkpoint). meta: step, model_config, train_config (dicts), tokens_seen, elapsed_s, path,
+    run_dir, log (DataFrame of the training log up to that step)."""
+    run_dir = Path(run_dir)
+    steps = list_checkpoints(run_dir)
+    if not steps:
+        raise CheckpointError(f"no checkpoints in {run_dir}; {HOW_TO_TRAIN}")
+    if step is None:
+        step = steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"no checkpoint for step {step} in {run_dir}; available steps: {steps}")
+    path = _step_path(run_dir, step)
+    ck = _read(path)
+    with torch.random.fork_rng(devices=[]):       # building the model must not move the caller's RNG
+        model = ToyTransformer(ToyConfig.from_dict(ck["model_config"]))
+    model.load_state_dict(ck["model_state"])
+    model.to(device).eval()
+    tokenizer = None
+    if ck.get("tokenizer"):
+        from .tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(run_dir / ck["tokenizer"])
+    meta = {k: ck[k] for k in ("step", "model_config", "train_config", "tokens_seen", "elapsed_s")}
+    meta.update(path=path, run_dir=run_dir, log=pd.DataFrame(ck["log"], columns=LOG_COLUMNS))
+    return model, tokenizer, meta
+
+
+def _latest_resumable(run_dir: Path):
+    """The resumable checkpoint (with optimizer state) of the highest step, skipping corrupt files."""
+    candidates = [run_dir / "last.pt"] if (run_dir / "last.pt").exists() else []
+    candidates += [_step_path(run_dir, s) for s in reversed(list_checkpoints(run_dir))]
+    best = None
+    for path in candidates:
+        if best is not None and path.name != "last.pt" and int(path.stem.split("_")[1]) <= best["step"]:
+            break
+        try:
+            ck = _read(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {path.name} for resume: {e}")
+            continue
+        if ck.get("optimizer_state") is None:
+            continue
+        if best is None or ck["step"] > best["step"]:
+            best = ck
+    return best
+
+
+def read_log(run_dir) -> pd.DataFrame:
+    path = Path(run_dir) / "train_log.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no training log at {path}; {HOW_TO_TRAIN}")
+    return pd.read_csv(path)
+
+
+def read_summary(run_dir) -> dict:
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"run {run_dir} has not finished (no summary.json); {HOW_TO_TRAIN}")
+    return json.loads(path.read_text())
+
+
+def _write_log(run_dir: Path, rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=LOG_COLUMNS)
+    with atomic_path(run_dir / "train_log.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    return df
+
+
+# ----------------------------------------------------------------------------------------- training
+
+def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, val_ids, test_ids=None,
+              tokenizer=None, progress: bool = True, stop_at: int | None = None, device="cpu",
+              desc: str | None = None) -> pd.DataFrame:
+    """Train one toy model in run_dir and return its log (DataFrame, LOG_COLUMNS).
+
+    train_ids / val_ids / test_ids: 1-D token streams (encode_texts). tokenizer: saved as run_dir/tokenizer.json
+    (the checkpoints' tokenizer reference). Resumes from the latest good resumable checkpoint and continues
+    exactly as an uninterrupted run would (same data order, RNG, optimizer state); a finished run
+    (summary.json present) returns its log at once. stop_at: stop after that many updates (saving last.pt),
+    e.g. to split a run over sessions. A run_dir holding a different config is an error."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict()}
+    cfg_path = run_dir / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old != config:
+            raise CheckpointError(
+                f"{run_dir} holds a run with a different configuration ({cfg_path}); use another run_dir "
+                f"or delete this one")
+    tok_path = run_dir / "tokenizer.json"
+    if tokenizer is not None:
+        from .tokenizer import load_tokenizer, save_tokenizer
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(tokenizer)
+        if tok_path.exists() and (json.loads(tok_path.read_text())["model"]
+                                  != json.loads(tokenizer.backend_tokenizer.to_str())["model"]):
+            raise CheckpointError(f"{run_dir} was trained with a different tokenizer ({tok_path}); use another "
+                                  f"run_dir or delete this one")
+    if (run_dir / "summary.json").exists() and train_cfg.max_steps in list_checkpoints(run_dir):
+        return read_log(run_dir)
+    write_text_atomic(cfg_path, json.dumps(config, indent=2) + "\n")
+    tok_ref = None
+    if tokenizer is not None:
+        if not tok_path.exists():
+            save_tokenizer(tokenizer, tok_path)
+        tok_ref = "tokenizer.json"
+
+    train_ids, val_ids = _as_long(train_ids), _as_long(val_ids)
+    test_ids = _as_long(test_ids) if test_ids is not None else None
+    for name, ids in (("train", train_ids), ("validation", val_ids), ("test", test_ids)):
+        if ids is not None and len(ids) and int(ids.max()) >= model_cfg.vocab_size:
+            raise ValueError(f"{name} token id {int(ids.max())} >= vocab_size {model_cfg.vocab_size}")
+
+    ctx, tc = model_cfg.context, train_cfg
+    torch.manual_seed(tc.seed)
+    model = ToyTransformer(model_cfg).to(device)
+    opt = make_optimizer(model, tc)
+    gen = torch.Generator().manual_seed(tc.seed + 1_000_003)
+    rows: list[dict] = []
+    step, tokens_seen, elapsed = 0, 0, 0.0
+
+    resume = _latest_resumable(run_dir)
+    if resume is not None:
+        if resume["model_config"] != config["model_config"] or resume["train_config"] != config["train_config"]:
+            raise CheckpointError(f"the checkpoints in {run_dir} were made with a different configuration")
+        model.load_state_dict(resume["model_state"])
+        opt.load_state_dict(resume["optimizer_state"])
+        gen.set_state(resume["data_rng_state"])
+        torch.set_rng_state(resume["torch_rng_state"])
+        step, tokens_seen, elapsed = resume["step"], resume["tokens_seen"], resume["elapsed_s"]
+        rows = [dict(r) for r in resume["log"]]
+        del resume
+
+    traj = set(checkpoint_steps(tc.max_steps))
+
+    def evaluate_val() -> dict:
+        return evaluate_perplexity(model, val_ids, ctx, tc.eval_batch_size, tc.eval_tokens, device)
+
+    def make_ckpt(with_optimizer: bool) -> dict:
+        return {
+            "format": CKPT_FORMAT, "step": step, "model_config": config["model_config"],
+            "train_config": config["train_config"],
+            "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer_state": opt.state_dict() if with_optimizer else None,
+            "data_rng_state": gen.get_state(), "torch_rng_state": torch.get_rng_state(),
+            "tokenizer": tok_ref, "tokens_seen": tokens_seen, "elapsed_s": elapsed, "log": rows,
+        }
+
+    def save_traj():
+        _save(_step_path(run_dir, step), make_ckpt(tc.trajectory_optimizer))
+
+    if step == 0 and not rows:
+        ev = evaluate_val()
+        rows.append(dict(step=0, lr=float("nan"), train_loss=float("nan"), grad_norm=float("nan"),
+                         val_loss=ev["loss"], val_ppl=ev["ppl"], test_loss=float("nan"),
+                         test_ppl=float("nan"), tokens_seen=0, elapsed_s=0.0))
+        save_traj()
+        _write_log(run_dir, rows)
+
+    end = tc.max_steps if stop_at is None else min(stop_at, tc.max_steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=tc.max_steps, initial=step, desc=desc or run_dir.name, unit="step", leave=True)
+    model.train()
+    try:
+        while step < end:
+            t0 = time.perf_counter()
+            lr = lr_at(step, tc)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss_sum = 0.0
+            for _ in range(tc.grad_accum):
+                x, y = random_batch(train_ids, tc.batch_size, ctx, gen)
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / tc.grad_accum).backward()
+                loss_sum += loss.item()
+            if tc.grad_clip > 0:
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip).item()
+            else:
+                gnorm = torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])).item()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tc.batch_size * tc.grad_accum * ctx
+            train_loss = loss_sum / tc.grad_accum
+            if not math.isfinite(train_loss):
+                warnings.warn(f"{run_dir.name}: non-finite training loss at step {step}")
+            row = dict(step=step, lr=lr, train_loss=train_loss, grad_norm=gnorm, val_loss=float("nan"),
+                       val_ppl=float("nan"), test_loss=float("nan"), test_ppl=float("nan"),
+                       tokens_seen=tokens_seen, elapsed_s=float("nan"))
+            if step % tc.eval_every == 0 or step == tc.max_steps:
+                ev = evaluate_val()
+                row.update(val_loss=ev["loss"], val_ppl=ev["ppl"])
+            if step == tc.max_steps and test_ids is not None:
+                ev = evaluate_perplexity(model, test_ids, ctx, tc.eval_batch_size, None, device)
+                row.update(test_loss=ev["loss"], test_ppl=ev["ppl"])
+            elapsed += time.perf_counter() - t0
+            row["elapsed_s"] = elapsed
+            rows.append(row)
+            if bar is not None:
+                bar.update(1)
+                post = {"loss": f"{train_loss:.3f}", "lr": f"{lr:.2e}"}
+                if math.isfinite(row["val_ppl"]):
+                    post["val_ppl"] = f"{row['val_ppl']:.1f}"
+                bar.set_postfix(post, refresh=False)
+            if step in traj:
+                save_traj()
+            if step % tc.save_every == 0 or step == end:
+                if step < tc.max_steps:
+                    _save(run_dir / "last.pt", make_ckpt(True))
+                _write_log(run_dir, rows)
+            elif not math.isnan(row["val_loss"]):
+                _write_log(run_dir, rows)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    df = _write_log(run_dir, rows)
+    if step == tc.max_steps:
+        summary = {"step": step, "tokens_seen": tokens_seen, "elapsed_s": elapsed,
+                   "n_params": model.n_params(), "n_params_non_embedding": model.n_params(True)}
+        final = rows[-1]
+        if tc.eval_tokens is None or tc.eval_tokens >= len(val_ids):
+            val = {"loss": final["val_loss"], "ppl": final["val_ppl"], "tokens": len(val_ids) - 1}
+        else:
+            val = evaluate_perplexity(model, val_ids, ctx, tc.eval_batch_size, None, device)
+        summary.update(val_loss=val["loss"], val_ppl=val["ppl"], val_tokens=val["tokens"],
+                       unigram_val_ppl=unigram_perplexity(train_ids, val_ids, model_cfg.vocab_size))
+        if test_ids is not None:
+            summary.update(test_loss=final["test_loss"], test_ppl=final["test_ppl"],
+                           test_tokens=len(test_ids) - 1,
+                           unigram_test_ppl=unigram_perplexity(train_ids, test_ids, model_cfg.vocab_size))
+        summary.update(config)
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        (run_dir / "last.pt").unlink(missing_ok=True)
+    return df
