@@ -213,7 +213,7 @@ def test_convergence_known_values_and_nan():
 
 
 def test_convergence_with_metrics_token_convergence():
-    metrics = pytest.importorskip("tg_utils.metrics")
+    from tg_utils import metrics
     rng = np.random.default_rng(1)
     states = rng.normal(size=(4, 6, 2, 8))                  # (steps, words, layers, d); last = final
     cos = np.stack([metrics.token_convergence(s, states[-1]) for s in states], -1)   # (6, 2, 4)
@@ -275,7 +275,7 @@ def test_perturbation_random_matches_loop():
             p1 = np.mean([cosf(base[w, i, l], other[w, j, l]) for i in range(B) for j in range(C)])
             p2 = np.mean([cosf(base[w, i, l], swap[w, i, l]) for i in range(B)])
             assert s.p1[w, l] == pytest.approx(p1) and s.p2[w, l] == pytest.approx(p2)
-    torch = pytest.importorskip("torch")
+    import torch
     st = perturbation_scores(torch.tensor(base, dtype=torch.float32), torch.tensor(other), torch.tensor(swap))
     np.testing.assert_allclose(st.p1, s.p1, atol=1e-6)
     sb = perturbation_scores(torch.tensor(base, dtype=torch.bfloat16), torch.tensor(other), torch.tensor(swap))

