@@ -121,11 +121,11 @@ def run_one(spec: str, n: int, T: int, batch_size: int, repeats: int) -> dict:
     base = "bare_loss" if decoder else "bare"
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        cached_states(lm, prompts, out_dir=tmp, dtype="float16", batch_size=batch_size, progress=False,
+        cached_states(lm, prompts, out_dir=tmp, dtype="bfloat16", batch_size=batch_size, progress=False,
                       chunk_size=max(1, n // 2), load=False)
         t_cache = time.perf_counter() - t
         t = time.perf_counter()
-        cached_states(lm, prompts, out_dir=tmp, dtype="float16", progress=False, chunk_size=max(1, n // 2))
+        cached_states(lm, prompts, out_dir=tmp, dtype="bfloat16", progress=False, chunk_size=max(1, n // 2))
         t_read = time.perf_counter() - t
         from tg_utils.cache import cache_footprint
         fp = cache_footprint(tmp, include_models=False)["states_bytes"]
@@ -140,7 +140,7 @@ def run_one(spec: str, n: int, T: int, batch_size: int, repeats: int) -> dict:
         "tok_per_s": n_tok / med["extract"], "bare_tok_per_s": n_tok / med["bare"], "cpu_s": cmed,
         "all_runs": times, "all_cpu": cpu, "rss_after_load_mb": rss_loaded, "peak_extract_mb": peak_extract,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "cache_fp16_bytes": fp, "cache_bytes_per_token": fp / n_tok, "cache_write_s": t_cache,
+        "cache_bf16_bytes": fp, "cache_bytes_per_token": fp / n_tok, "cache_write_s": t_cache,
         "cache_read_s": t_read,
     }
 
@@ -191,7 +191,7 @@ def main():
           "positions, float32, loss per prompt).\novh = extr / (+loss for decoders, bare for encoders) - 1, "
           "from wall-clock medians; cpu ovh: the same from process CPU time\n(robust to other processes with "
           "--threads 1). peak MB: peak RSS of load + extraction; all MB: after the baselines too (bare+loss\n"
-          "materialises the full logits). cache B/tok: float16 states of every layer, all positions.")
+          "materialises the full logits). cache B/tok: bfloat16 states of every layer, all positions.")
     from tg_utils.cache import cache_footprint, format_footprint
     print("\ncache footprint under outputs/:\n" + format_footprint(cache_footprint("outputs")))
     if a.json:

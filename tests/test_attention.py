@@ -110,10 +110,8 @@ def test_vo_equals_single_token_attention_output(preset):
         torch.testing.assert_close(x[:, 0].double() @ W_vo[h], (v_h @ W_O[h]).double(), rtol=1e-5, atol=1e-7)
 
 
-def test_description_convention_if_available():
-    models = pytest.importorskip("tg_utils.models")
-    if not hasattr(models, "describe"):
-        pytest.skip("tg_utils.models.describe not there yet")
+def test_description_convention():
+    from tg_utils import models
     model = tiny_model("llama-preln")
     desc = models.describe(model)
     W_Q, W_K, W_V, W_O = head_weights(model.blocks[1].attn)
@@ -151,6 +149,50 @@ def test_gqa_matrices_use_the_shared_kv_head():
     torch.testing.assert_close(qk2[0], W_Q[0] @ W_K[1].T * 0.5)
     with pytest.raises(ValueError):
         A.qk_factors(W_Q, W_K, kv_map=torch.tensor([0, 2, 0, 0, 0, 0, 0, 0]))
+
+
+def test_gqa_scores_and_updates_equal_a_hf_llama_forward():
+    """Grouped-query attention in a real transformers model: a tiny Llama with 4 query heads on 2 key/value
+    heads. With every position id 0 RoPE is the identity rotation, so the eager attention weights of block 0
+    are softmax over the causal mask of x W_qk[h] x'^T (x: the block's input-normed embeddings), with W_qk
+    built from the model description's per-head weights and kv map; and a one-token input's attention output
+    (softmax weight 1 on itself) is x sum_h W_vo[h]."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tg_utils import models
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    cfg._attn_implementation = "eager"
+    m = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    with torch.no_grad():
+        m.model.layers[0].input_layernorm.weight.uniform_(0.5, 1.5)
+    desc = models.describe(m)
+    assert desc.kv_head_map.tolist() == [0, 0, 1, 1]
+    a = desc.attn[0]
+    T = 6
+    ids = torch.randint(0, 50, (1, T), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = m(ids, position_ids=torch.zeros(1, T, dtype=torch.long), output_attentions=True)
+        x = m.model.layers[0].input_layernorm(m.model.embed_tokens(ids))[0].double()
+    W_qk = A.qk_matrices(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale)
+    scores = torch.einsum("id,hde,je->hij", x, W_qk, x)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    ref = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    torch.testing.assert_close(out.attentions[0][0].double(), ref, rtol=1e-4, atol=1e-5)
+    # a wrong map (query head h reading kv head h % 2) does not reproduce the model
+    wrong = A.qk_matrices(a.W_Q, a.W_K, torch.tensor([0, 1, 0, 1]), desc.attn_scale)
+    s2 = torch.softmax(torch.einsum("id,hde,je->hij", x, wrong, x).masked_fill(~causal, float("-inf")), -1)
+    assert not torch.allclose(out.attentions[0][0].double(), s2, atol=1e-3)
+    # W_vo: one token attends only to itself
+    attn = m.model.layers[0].self_attn
+    x1 = torch.randn(3, 1, 32)
+    with torch.no_grad():
+        cos, sin = m.model.rotary_emb(x1, torch.zeros(3, 1, dtype=torch.long))
+        y = attn(x1, position_embeddings=(cos, sin), attention_mask=None)[0][:, 0]
+    W_vo = A.vo_matrices(a.W_V, a.W_O, desc.kv_head_map)
+    torch.testing.assert_close(x1[:, 0].double() @ W_vo.sum(0), y.double(), rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- SVD through factors
@@ -409,7 +451,20 @@ def test_umap_trajectory_shapes_and_determinism():
     states = torch.randn(4, 5, 16, generator=g) * torch.arange(1, 5).view(4, 1, 1)
     norm = partial(A.rms_norm, eps=1e-6)
     kw = dict(n_neighbors=8, seed=0, n_fit=200, n_epochs=30, norm=norm)
+    import os
+
+    import numba
+    try:
+        numba.threading_layer()
+        launched_before = True
+    except ValueError:
+        launched_before = False
     a = A.umap_trajectory(W_E, states, **kw)
+    # numba's OpenMP layer beside torch's made later torch LAPACK calls 20-30x slower: workqueue is chosen
+    if not launched_before and "NUMBA_THREADING_LAYER" not in os.environ:
+        assert numba.threading_layer() == "workqueue"
+    if not launched_before:      # (numba.get_num_threads() itself launches the layer: only asked afterwards)
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS    # the thread cap is undone
     b = A.umap_trajectory(W_E, states, **kw)
     assert a.coords.shape == (4, 5, 3) and a.embedding_coords.shape == (200, 3)
     assert a.norms.shape == (4, 5) and a.normed_norms.shape == (4, 5)

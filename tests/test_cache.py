@@ -201,4 +201,5 @@ def test_footprint(tmp_path, lm):
     n_tokens = sum(len(p) for p in prompts)
     assert full["bytes"] >= n_tokens * 5 * 32 * 4 and full["chunks_done"] == full["n_chunks"] == 4
     text = format_footprint(fp)
-    assert "tiny-llama" in text and "MB" in text
+    assert "tiny-llama" in text and "MB" in text and len(text.splitlines()) == 3   # header, model, total
+    assert len(format_footprint(fp, by="entry").splitlines()) == 4

@@ -149,6 +149,17 @@ def test_nan_in_states_names_model_layer_and_prompt():
         extract_states(lm, prompts, layers=[2, 3], positions="last", progress=False)
 
 
+def test_float16_overflow_is_refused():
+    lm = make("llama")
+    with torch.no_grad():
+        lm.model.model.embed_tokens.weight[50] = 1e5                 # a "massive activation"
+    prompts = [[1, 2, 3], [4, 50, 6]]
+    with pytest.raises(NonFiniteStateError, match=r"state 0 \(embed\) of prompt 1 overflows .*float16.*bfloat16"):
+        extract_states(lm, prompts, layers=[0], dtype="float16", progress=False)
+    st = extract_states(lm, prompts, layers=[0], dtype="bfloat16", progress=False)
+    assert torch.isfinite(st.states[1]).all()
+
+
 def test_remote_plumbing():
     """remote="local" runs nnsight's serialise-and-run simulation of the NDIF path and must agree with the
     local trace (loss computed inside the trace from the lm_head output); remote=True refuses local

@@ -711,6 +711,35 @@ def _knn_sparse(Q: Tensor, R: Tensor, k: int, exclude_self: bool, chunk: int = 4
     return sp.csr_matrix((dist, (rows, idx)), shape=(n, R.shape[0]))
 
 
+def _numba_setup():
+    """Before umap's numba kernels first run: choose numba's "workqueue" threading layer (unless
+    NUMBA_THREADING_LAYER is set). Its default, the OpenMP layer, leaves a second OpenMP runtime in the
+    process beside torch's, and afterwards every torch LAPACK call (QR, SVD) ran 20-30x slower here.
+    Returns a context manager that caps numba's threads at torch's thread count (OMP_NUM_THREADS=1 means
+    one thread for numba too) and restores the previous count."""
+    import contextlib
+
+    import numba
+
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        try:
+            launched = numba.threading_layer()     # raises ValueError before the first parallel launch
+        except ValueError:
+            launched = None
+        if launched is None:
+            numba.config.THREADING_LAYER = "workqueue"
+
+    @contextlib.contextmanager
+    def capped():
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
+    return capped()
+
+
 def umap_trajectory(W_E, states, n_neighbors: int = 15, seed: int = 0, n_fit: int | None = 5000,
                     n_epochs: int | None = 200, min_dist: float = 0.1, norm=None,
                     verbose: bool = False) -> UmapTrajectory:
@@ -743,8 +772,9 @@ def umap_trajectory(W_E, states, n_neighbors: int = 15, seed: int = 0, n_fit: in
     Q = _unit(S.reshape(-1, d))
     Dq = _knn_sparse(Q, R, n_neighbors, exclude_self=False)
 
+    numba_threads = _numba_setup()
     import umap                                      # slow import (numba): only when needed
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), numba_threads:
         warnings.simplefilter("ignore")
         reducer = umap.UMAP(n_components=3, n_neighbors=n_neighbors, min_dist=min_dist, metric="precomputed",
                             random_state=seed, transform_seed=seed, n_jobs=1, n_epochs=n_epochs,

@@ -369,12 +369,26 @@ def cache_footprint(out_dir="outputs", include_models: bool = True) -> dict:
             "models_bytes": models_bytes, "entries": entries}
 
 
-def format_footprint(fp: dict) -> str:
-    """A few lines for a notebook: the footprint per cache entry and the totals, in MB."""
-    lines = [f"{'model':32s} {'positions':9s} {'dtype':8s} {'prompts':>7s} {'chunks':>9s} {'MB':>9s}"]
-    for e in fp["entries"]:
-        lines.append(f"{e['spec'][:32]:32s} {e['positions']:9s} {e['dtype']:8s} {e['n_prompts']:7d} "
-                     f"{e['chunks_done']:4d}/{e['n_chunks']:<4d} {e['bytes'] / 1e6:9.1f}")
+def format_footprint(fp: dict, by: str = "model") -> str:
+    """A few lines for a notebook, in MB: per model (default: entries, prompts and bytes summed) or per
+    cache entry (by="entry"), then the totals."""
+    if by not in ("model", "entry"):
+        raise ValueError("by must be 'model' or 'entry'")
+    lines = []
+    if by == "entry":
+        lines.append(f"{'model':32s} {'positions':9s} {'dtype':8s} {'prompts':>7s} {'chunks':>9s} {'MB':>9s}")
+        for e in fp["entries"]:
+            lines.append(f"{e['spec'][:32]:32s} {e['positions']:9s} {e['dtype']:8s} {e['n_prompts']:7d} "
+                         f"{e['chunks_done']:4d}/{e['n_chunks']:<4d} {e['bytes'] / 1e6:9.1f}")
+    else:
+        groups: dict[str, list] = {}
+        for e in fp["entries"]:
+            groups.setdefault(e["spec"], []).append(e)
+        lines.append(f"{'model':32s} {'entries':>7s} {'complete':>8s} {'prompts':>8s} {'MB':>9s}")
+        for spec, es in groups.items():
+            done = sum(e["chunks_done"] == e["n_chunks"] for e in es)
+            lines.append(f"{spec[:32]:32s} {len(es):7d} {done:8d} {sum(e['n_prompts'] for e in es):8d} "
+                         f"{sum(e['bytes'] for e in es) / 1e6:9.1f}")
     lines.append(f"activation cache: {fp['states_bytes'] / 1e6:.1f} MB; converted models: "
                  f"{fp['models_bytes'] / 1e6:.1f} MB; total {fp['total_bytes'] / 1e6:.1f} MB")
     return "\n".join(lines)

@@ -23,6 +23,9 @@ materialises [B, T, vocab] logits; the loss is computed from the final-normed st
 unembedding in chunks of at most ``loss_chunk_elems`` logits (Gemma's 262k vocabulary: 1024 tokens of
 logits would be 1 GB).
 
+Storage dtype: float16 overflows on real models (Gemma-3-270M's BOS state reaches |x| ~ 1e5 > 65504); a
+cast that overflows raises. Use bfloat16 (same size, float32 range) or float32.
+
 Scaling without new code:
 - ``load_model(spec, device_map="auto")``: transformers/accelerate spread the layers over the GPUs (and CPU
   memory); needs accelerate and, to be useful, GPUs. Inputs go to the embedding's device, states are
@@ -339,7 +342,14 @@ def extract_states(lm: LoadedModel, prompts: Sequence[Sequence[int]], layers=Non
                 x = torch.stack([hs[j][r] for j in sel_rows])
             if check_finite and not torch.isfinite(x).all():
                 _raise_nonfinite(lm, x, sel, i, positions)
-            states[i] = x.to(device="cpu", dtype=out_dtype)
+            y = x.to(device="cpu", dtype=out_dtype)
+            if check_finite and out_dtype != x.dtype and not torch.isfinite(y).all():
+                j = int((~torch.isfinite(y)).reshape(len(sel), -1).any(1).nonzero()[0])
+                raise NonFiniteStateError(
+                    f"{desc.spec}: state {sel[j]} ({desc.state_name(sel[j])}) of prompt {i} overflows the "
+                    f"storage dtype {str(out_dtype).replace('torch.', '')} (max |x| = "
+                    f"{float(x[j].abs().max()):.4g}; float16 ends at 65504): store bfloat16 or float32")
+            states[i] = y
         del hs
         bar.update(int(n.sum()))
     bar.close()

@@ -109,7 +109,8 @@ def geometry_table(spec: str, prompts: Sequence[Sequence[int]], out_dir="outputs
                prompt_ids, shuffle_index, range_max, k_eff, skip_first)
     path = OutputDirs.at(out_dir).cache / "geometry" / f"{key}.csv"
     if path.exists():
-        return pd.read_csv(path, keep_default_na=False, na_values=["NaN", "nan"])
+        df = pd.read_csv(path, keep_default_na=False, na_values=["NaN", "nan"])   # keep revision "" as ""
+        return df.assign(value=pd.to_numeric(df["value"], errors="coerce"))        # older files: "" = NaN
     if lm is None:
         from .models import load_model
         lm = load_model(spec, revision=revision, out_dir=out_dir)
@@ -126,7 +127,7 @@ def geometry_table(spec: str, prompts: Sequence[Sequence[int]], out_dir="outputs
     df = pd.concat(frames, ignore_index=True).assign(model=model, revision=rev, shuffle_index=shuffle_index)
     df = df[["model", "revision", "prompt_id", "shuffle_index", "layer", "metric", "value"]]
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+        df.to_csv(tmp, index=False, na_rep="NaN")
     return df
 
 

@@ -146,8 +146,193 @@ class GeometryParams(PromptParams):
 
 # ---- 04_shuffle_experiment and 05_model_comparison: classes go here (issue 6) ----
 
+@register("04_shuffle_experiment")
+@dataclass
+class ShuffleParams(PromptParams):
+    """The shuffle experiment of token_geometry: prompts of n_tokens tokens (or the longest power of 4
+    that fits a model's context), their blocks permuted at every shuffle index, through each model."""
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m", "gemma3-270m", "toy:llama-preln"])
+    n_tokens: int = 1024
+    n_prompts: int = 3                   # per model, unless n_prompts_by_model names it
+    n_prompts_by_model: dict[str, int] = field(default_factory=lambda: {"toy:llama-preln": 20})
+    shuffle_indices: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    bos_models: list[str] = field(default_factory=lambda: ["gemma3-270m"])
+    batch_size: int = 1
+    device: str = "cpu"
+    device_map: str | None = None        # "auto": spread a large model over the GPUs
+    range_max: int = 256
+    k_max: int = 31
+    n_boot: int = 1000
+    show_prompts: int = 3                # single-prompt panels in the profile figures
+
+    def check(self) -> None:
+        super().check()
+        _specs_check(self, ["models"])
+        self.positive("range_max", "k_max", "n_boot")
+        if not self.models:
+            raise ParameterError("parameter 'models' must name at least one model")
+        if not self.shuffle_indices or 0 not in self.shuffle_indices or min(self.shuffle_indices) < 0:
+            raise ParameterError("parameter 'shuffle_indices' must hold 0 (the structured prompts) and "
+                                 f"non-negative integers, got {self.shuffle_indices}")
+        if len(set(self.shuffle_indices)) != len(self.shuffle_indices):
+            raise ParameterError(f"parameter 'shuffle_indices' has repeats: {self.shuffle_indices}")
+        for spec, n in self.n_prompts_by_model.items():
+            if spec not in self.models:
+                raise ParameterError(f"parameter 'n_prompts_by_model': {spec!r} is not one of 'models' "
+                                     f"({', '.join(self.models)})")
+            if n < 3:
+                raise ParameterError(f"parameter 'n_prompts_by_model[{spec!r}]' must be at least 3 (intervals "
+                                     f"and correlations over prompts), got {n}")
+        if self.n_prompts < 3:
+            raise ParameterError(f"parameter 'n_prompts' must be at least 3 (intervals and correlations over "
+                                 f"prompts), got {self.n_prompts}")
+        if self.show_prompts < 0:
+            raise ParameterError(f"parameter 'show_prompts' must be >= 0, got {self.show_prompts}")
+
+
+@register("05_model_comparison")
+@dataclass
+class ComparisonParams(PromptParams):
+    """Every model on the structured prompts of notebooks 02 and 03 (same cache entries): profiles
+    against relative depth, the ID-loss correlation, a summary table."""
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m", "gemma3-270m", "minilm-l6"])
+    toy_runs: list[str] = field(default_factory=lambda: list(TOY_RUNS))
+    toy_random: bool = True
+    device: str = "cpu"
+    device_map: str | None = None        # "auto": spread a large model over the GPUs
+    range_max: int = 256
+    k_max: int = 31
+    n_boot: int = 1000
+
+    def check(self) -> None:
+        super().check()
+        _specs_check(self, ["models"])
+        self.positive("range_max", "k_max", "n_boot")
+        if not self.models and not self.toy_runs:
+            raise ParameterError("parameters 'models' and 'toy_runs' are both empty: nothing to compare")
+
+
 
 # ---- 06_training_trajectory_phases: class goes here (issue 7) ----
 
+@register("06_training_trajectory_phases")
+@dataclass
+class TrajectoryParams(NotebookParams):
+    """Geometry through training: spectral phases (RankMe, alpha-ReQ), token convergence and context
+    perturbation at every checkpoint of the toy runs, and of hub models at a list of revisions."""
+    corpus: str = "gensim-wiki"
+    corpus_path: str | None = None
+    toy_runs: list[str] = field(default_factory=lambda: list(TOY_RUNS) + ["llama-postln-nowarmup"])
+    models: list[str] = field(default_factory=list)       # hub ids read at every revision below
+    revisions: list[str] = field(default_factory=list)    # "step<N>", e.g. Pythia's step0 ... step143000
+    model_warmup_steps: int | None = None                 # LR warmup of the hub models (Pythia: 1430)
+    device: str = "cpu"
+    model_dtype: str = "float32"
+    batch_size: int = 32
+    # spectra: the last-token state of n_seqs windows of seq_len tokens of spectra_split
+    spectra_split: str = "validation"
+    n_seqs: int = 512
+    seq_len: int = 32                   # 128 in the paper profile; at 512 windows RankMe / alpha barely move with it
+    spectra_shown: int = 4              # checkpoints per trajectory in the eigenspectrum figure
+    # phase rule (tg_utils.trajectory.mark_phases; warmup_until = each run's LR warmup)
+    phase_smooth: int = 3
+    min_rankme_slope: float = 0.05
+    min_alpha_slope: float = 0.02
+    phase_min_len: int = 2
+    # token convergence: the most frequent words of each bucket, alone ("") and after each prefix
+    words_path: str | None = "data/frequent_words.txt"   # None: the corpus' frequent words
+    word_buckets: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
+    words_per_bucket: int = 100
+    word_prefixes: list[str] = field(default_factory=lambda: ["", "The word is"])
+    convergence_threshold: float = 0.9
+    # context perturbation
+    contexts_path: str | None = "data/contexts.json"      # None: contexts built from the corpus
+    context_buckets: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
+    min_contexts: int = 5
+    min_context_words: int = 20
+    context_words_per_bucket: int | None = 20
+
+    def check(self) -> None:
+        super().check()
+        _corpus_check(self)
+        self.positive("batch_size", "n_seqs", "seq_len", "spectra_shown", "phase_min_len", "words_per_bucket",
+                      "min_contexts", "min_context_words", "context_words_per_bucket", "min_rankme_slope",
+                      "min_alpha_slope")
+        _specs_check(self, ["models"])
+        if not self.toy_runs and not self.models:
+            raise ParameterError("parameters 'toy_runs' and 'models' are both empty: nothing to trace")
+        if any("@" in m for m in self.models):
+            raise ParameterError("parameter 'models': give hub ids without @revision; list the revisions "
+                                 "in 'revisions'")
+        if self.models and len(self.revisions) < 2:
+            raise ParameterError("parameter 'revisions' must list at least two revisions (step<N>) for 'models'")
+        bad = [r for r in self.revisions if not re.match(r"^step\d+", r)]
+        if bad:
+            raise ParameterError(f"parameter 'revisions': {bad[0]!r} does not name a step; use 'step<N>'")
+        if self.spectra_split not in ("train", "validation", "test"):
+            raise ParameterError(f"parameter 'spectra_split': {self.spectra_split!r} is not train, validation or test")
+        if self.n_seqs < 14:
+            raise ParameterError(f"parameter 'n_seqs' must be at least 14 (alpha-ReQ fits from rank 12 and "
+                                 f"scores from rank 13), got {self.n_seqs}")
+        if self.phase_smooth < 1 or self.phase_smooth % 2 == 0:
+            raise ParameterError(f"parameter 'phase_smooth' must be an odd positive integer, got {self.phase_smooth}")
+        if not self.word_buckets or any(b < 1 for b in self.word_buckets):
+            raise ParameterError("parameter 'word_buckets' must list token counts >= 1")
+        if any(b < 2 for b in self.context_buckets):
+            raise ParameterError("parameter 'context_buckets' holds multi-token counts (>= 2)")
+        if not self.word_prefixes or len(set(self.word_prefixes)) != len(self.word_prefixes):
+            raise ParameterError("parameter 'word_prefixes' must list distinct prefixes ('' = the word alone)")
+        if not 0 < self.convergence_threshold <= 1:
+            raise ParameterError(f"parameter 'convergence_threshold' must be in (0, 1], got {self.convergence_threshold}")
+        if self.model_dtype not in ("float32", "float16", "bfloat16"):
+            raise ParameterError(f"parameter 'model_dtype': {self.model_dtype!r} is not float32, float16 or bfloat16")
+
 
 # ---- 07_attention_geometry: class goes here (issue 8) ----
+
+
+@register("07_attention_geometry")
+@dataclass
+class AttentionGeometryParams(NotebookParams):
+    """Attention geometry after "Traveling Words": embedding-norm tokens, per-head W_qk / W_vo SVD, the
+    attention-ellipse probe and a phrase's UMAP trajectory, for the toy Standard and LLaMA-style models,
+    SmolLM2 and Gemma-3 (tg_utils.attn_report)."""
+    models: list[str] = field(default_factory=lambda: [
+        "toy:standard-preln", "toy:llama-preln", "smollm2-135m", "gemma3-270m"])
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])   # probed blocks, relative depth
+    top_k: int = 10                      # tokens in every top / bottom list
+    n_components: int = 3                # singular directions probed per head (sign-aligned ones)
+    coverage_level: float = 0.99         # cumulative sigma^2 coverage whose rank is reported
+    nouns_path: str = "data/common_nouns.txt"
+    n_nouns: int = 100                   # the first n nouns of the list (then the single-token filter)
+    ellipse_heads: int | None = 4        # ellipse probe on the first n query heads of a block (None: all)
+    show_nouns: list[str] = field(default_factory=lambda: ["water", "king", "music", "dog"])
+    show_heads: int = 2                  # heads shown in the notebook's direction tables (all are saved)
+    phrase: str = "The quick brown fox jumps over the lazy dog"
+    umap_n_fit: int = 5000               # embedding rows the UMAP is fitted on (seeded subsample)
+    umap_neighbors: int = 15
+    umap_epochs: int = 200
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def check(self) -> None:
+        super().check()
+        _specs_check(self, ["models"])
+        if not self.models:
+            raise ParameterError("parameter 'models' must name at least one model")
+        self.positive("top_k", "n_components", "n_nouns", "ellipse_heads", "show_heads", "umap_neighbors",
+                      "umap_epochs")
+        if not self.depths or any(not 0.0 <= x <= 1.0 for x in self.depths):
+            raise ParameterError(f"parameter 'depths' holds relative depths in [0, 1], got {self.depths}")
+        if not 0.0 < self.coverage_level <= 1.0:
+            raise ParameterError(f"parameter 'coverage_level' must be in (0, 1], got {self.coverage_level}")
+        if not self.phrase.strip():
+            raise ParameterError("parameter 'phrase' must not be empty")
+        if self.umap_n_fit <= self.umap_neighbors + 1:
+            raise ParameterError(f"parameter 'umap_n_fit' ({self.umap_n_fit}) must exceed 'umap_neighbors' + 1 "
+                                 f"({self.umap_neighbors + 1})")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ParameterError(f"parameter 'dtype': {self.dtype!r} is not float32, bfloat16 or float16")
+        from .paths import resolve
+        if not resolve(self.nouns_path).is_file():
+            raise ParameterError(f"parameter 'nouns_path': no file {self.nouns_path!r}")

@@ -18,8 +18,11 @@ Inputs: checkpoint steps (ascending), RankMe and alpha-ReQ at each checkpoint.
 4. Interval labels: "entropy-seeking" if RankMe up and alpha down; "compression-seeking" if RankMe down
    and alpha up; anything else (a flat slope, or both up / both down) is unlabelled. "warmup collapse"
    overrides these on the leading run of intervals, from the first checkpoint (step 0, the
-   initialisation), in which RankMe goes down (alpha free), stopped at `warmup_until` if given (only
-   intervals starting before that step qualify).
+   initialisation), in which RankMe does not go up (alpha free), cut after the last of them in which
+   it goes down (none: no collapse), stopped at `warmup_until` if given (only intervals starting
+   before that step qualify). Leading flat intervals belong to the collapse: with log-spaced
+   checkpoints the first updates (steps 0 -> 1 -> 2, at a tiny warmup learning rate) barely move the
+   weights, so RankMe often changes by less than the threshold there before it collapses.
 5. Clean-up, in three passes: (a) an unlabelled gap of at most `max_gap` intervals (default 1)
    between two runs with the same label takes that label (the runs merge); (b) a labelled run shorter
    than `min_len` intervals (default 2, i.e. 3 checkpoints) is unlabelled; (c) (a) again, so that a
@@ -126,9 +129,13 @@ def _interval_labels(steps, rankme, alpha, smooth, min_rankme_slope, min_alpha_s
         elif sign_r[i] < 0 and sign_a[i] > 0:
             raw[i] = COMPRESSION
     limit = np.inf if warmup_until is None else warmup_until
-    for i in range(len(dx)):                       # the leading run in which RankMe goes down
-        if not (sign_r[i] < 0 and steps[i] < limit):
+    last_down = -1
+    for i in range(len(dx)):                       # the leading run in which RankMe does not go up
+        if sign_r[i] > 0 or steps[i] >= limit:
             break
+        if sign_r[i] < 0:
+            last_down = i
+    for i in range(last_down + 1):                 # ... up to its last interval in which it goes down
         raw[i] = WARMUP
     return {"rankme_slope": s_r, "alpha_slope": s_a, "rankme_sign": sign_r, "alpha_sign": sign_a,
             "raw_label": raw, "label": _clean_labels(raw, min_len, max_gap)}
