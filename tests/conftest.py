@@ -16,6 +16,17 @@ SAMPLE_TEXTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads waiting for each other
+    make them 10-20x slower: run a module's tests on one thread, then restore."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def word_tokenizer():
     """A small byte-level BPE tokenizer trained on SAMPLE_TEXTS, wrapped like every model's."""

@@ -10,14 +10,7 @@ import torch.nn as nn
 from tg_utils.toy_model import (PRESETS, Block, GeluMLP, SwiGLU, ToyConfig, ToyTransformer, preset,
                                 swiglu_hidden)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads waiting for each other
-    make them 10-20x slower: run this module's tests on one thread, then restore."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(n_layer=2, d_model=32, n_head=4, d_ff=96, vocab_size=61, context=24)

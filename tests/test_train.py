@@ -21,14 +21,7 @@ from tg_utils.train import (CKPT_FORMAT, CheckpointError, LOG_COLUMNS, TrainConf
 
 from conftest import SAMPLE_TEXTS
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads waiting for each other
-    make them 10-20x slower: run this module's tests on one thread, then restore."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 V = 40

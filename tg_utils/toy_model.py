@@ -91,11 +91,16 @@ class ToyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ToyConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ToyConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
+
+
+def dataclass_from_dict(cls, d: dict):
+    """cls(**d), with a clear error naming any unknown field (configs read back from checkpoints)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+    return cls(**d)
 
 
 # The four architectures of the Token Geometry Analyzer; sizes come from ToyConfig's defaults or overrides.

@@ -24,7 +24,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .paths import atomic_path, write_text_atomic
-from .toy_model import ToyConfig, ToyTransformer
+from .toy_model import ToyConfig, ToyTransformer, dataclass_from_dict
 
 CKPT_FORMAT = "tg-toy-checkpoint-v1"
 LOG_COLUMNS = ["step", "lr", "train_loss", "grad_norm", "val_loss", "val_ppl", "test_loss", "test_ppl",
@@ -79,11 +79,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------------------- schedule
