@@ -93,6 +93,17 @@ def test_resume_after_interruption_computes_only_the_rest(tmp_path, lm, monkeypa
         assert torch.allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
+def test_cache_without_loss_is_not_served_to_a_caller_wanting_it(tmp_path, lm):
+    prompts = prompts_of()
+    no_loss = cached_states(lm, prompts, out_dir=tmp_path, chunk_size=CHUNK, progress=False, compute_loss=False)
+    assert torch.isnan(no_loss.loss).all()
+    with_loss = cached_states(lm, prompts, out_dir=tmp_path, chunk_size=CHUNK, progress=False)
+    ref = extract_states(lm, prompts, progress=False).loss
+    torch.testing.assert_close(with_loss.loss, ref, equal_nan=True)
+    defined = torch.tensor([len(p) > 1 for p in prompts])       # a 1-token prompt has no next-token loss
+    assert defined.any() and not torch.isnan(with_loss.loss[defined]).any()
+
+
 def test_complete_cache_does_not_load_the_model(tmp_path, monkeypatch, word_tokenizer):
     """With a spec string the model is loaded only when a chunk is missing."""
     m = tiny_hf("llama", vocab=len(word_tokenizer))
@@ -163,7 +174,7 @@ def test_bad_manifest_rebuilds_everything(tmp_path, lm, monkeypatch):
     assert c.chunks == 4
 
 
-def test_key_separates_prompt_sets_layers_positions_dtypes(tmp_path):
+def test_key_separates_prompt_sets_layers_positions_dtypes_loss(tmp_path):
     p = prompts_of()
     base = StateCache.open("m", p, out_dir=tmp_path)
     others = [StateCache.open("m", p[:-1], out_dir=tmp_path),
@@ -172,6 +183,7 @@ def test_key_separates_prompt_sets_layers_positions_dtypes(tmp_path):
               StateCache.open("m", p, dtype="float16", out_dir=tmp_path),
               StateCache.open("m", p, revision="step1000", out_dir=tmp_path),
               StateCache.open("m", p, model_dtype="bfloat16", out_dir=tmp_path),
+              StateCache.open("m", p, compute_loss=False, out_dir=tmp_path),
               StateCache.open("other", p, out_dir=tmp_path)]
     paths = {c.path for c in others} | {base.path}
     assert len(paths) == len(others) + 1

@@ -149,6 +149,19 @@ def test_geometry_at_every_s_schema_and_bos_left_out(tmp_path, tiny_lm, tiny_cor
         assert list(out.columns) == LONG_COLUMNS and len(out)
 
 
+def test_geometry_without_kept_states_equals_cached_and_stores_nothing(tmp_path, tiny_lm, tiny_corpus):
+    from tg_utils.geometry import geometry_table
+    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=False, shuffle_indices=[0, 1],
+                                       seed=0)
+    kw = dict(prompt_ids=sp.prompt_ids, shuffle_index=1, k_max=8, progress=False, lm=tiny_lm)
+    lean = geometry_table("tiny-llama", sp.at(1), tmp_path / "lean", keep_states=False, **kw)
+    assert not (tmp_path / "lean" / "cache" / "states").exists()
+    assert len(list((tmp_path / "lean" / "cache" / "geometry").glob("*.csv"))) == 1    # the table is cached
+    kept = geometry_table("tiny-llama", sp.at(1), tmp_path / "kept", **kw)
+    assert (tmp_path / "kept" / "cache" / "states").exists()
+    pd.testing.assert_frame_equal(lean, kept)
+
+
 # ----------------------------------------------------------------------------- constructed tables
 
 def table(profiles: dict, loss: dict | None = None, model="m", revision="") -> pd.DataFrame:

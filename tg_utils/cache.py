@@ -14,7 +14,9 @@ Layout (one folder per cache key):
 
 The key is the model spec (a toy spec resolved to its step), revision, the weights' dtype, a stamp of the
 model source (checkpoint file size and mtime / wheel version / weight files), a sha256 of the prompt set
-(token ids), the layers, positions, the storage dtype and the chunk size. Any change gives another folder.
+(token ids), the layers, positions, the storage dtype, the chunk size and whether the loss is computed (a
+cache filled with compute_loss=False holds NaN losses: never served to a caller who wants them). Any change
+gives another folder.
 
 Shards hold, for positions="all", ``states`` [n_layers_sel, sum of the chunk's prompt lengths, d] (prompts
 concatenated along positions; ``lengths`` splits them) and for positions="last" ``states``
@@ -140,7 +142,7 @@ class StateCache:
     @classmethod
     def open(cls, spec: str, prompts, layers=None, positions: str = "all", dtype="float32",
              out_dir="outputs", revision: str | None = None, model_dtype="float32", chunk_size: int = 32,
-             verify: str = "hash") -> "StateCache":
+             verify: str = "hash", compute_loss: bool = True) -> "StateCache":
         if positions not in ("all", "last"):
             raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
         if verify not in ("hash", "size"):
@@ -156,6 +158,7 @@ class StateCache:
             "layers": "all" if layers is None else sorted({int(l) for l in ([layers] if isinstance(layers, int)
                                                                                  else layers)}),
             "positions": positions, "dtype": _DTYPE_NAMES[_torch_dtype(dtype)], "chunk_size": int(chunk_size),
+            "compute_loss": bool(compute_loss),
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = OutputDirs.at(out_dir).cache / "states" / _slug(canon) / digest
@@ -281,7 +284,8 @@ class StateCache:
             start, stop = self.chunk_range(c)
             st = extract_states(model, self.prompts[start:stop], layers=layers,
                                 positions=self.key["positions"], dtype=self.key["dtype"],
-                                batch_size=batch_size, progress=False, **extract_kwargs)
+                                batch_size=batch_size, progress=False,
+                                compute_loss=self.key["compute_loss"], **extract_kwargs)
             self._write_chunk(c, st, m)
         return m
 
@@ -323,7 +327,7 @@ def cached_states(model: str | LoadedModel, prompts: Sequence[Sequence[int]], la
                   positions: str = "all", dtype="float32", out_dir="outputs", revision: str | None = None,
                   model_dtype="float32", chunk_size: int = 32, batch_size: int = 8, verify: str = "hash",
                   progress: bool = True, load_kwargs: dict | None = None, load: bool = True,
-                  **extract_kwargs) -> States | StateCache:
+                  compute_loss: bool = True, **extract_kwargs) -> States | StateCache:
     """extract_states through the on-disk cache (see the module docstring).
 
     model: a spec string (the model is loaded only if some chunk must be computed; revision / model_dtype /
@@ -336,7 +340,8 @@ def cached_states(model: str | LoadedModel, prompts: Sequence[Sequence[int]], la
     else:
         spec, lm = str(model), None
     cache = StateCache.open(spec, prompts, layers=layers, positions=positions, dtype=dtype, out_dir=out_dir,
-                            revision=revision, model_dtype=model_dtype, chunk_size=chunk_size, verify=verify)
+                            revision=revision, model_dtype=model_dtype, chunk_size=chunk_size, verify=verify,
+                            compute_loss=compute_loss)
     cache.fill(lm, batch_size=batch_size, progress=progress, load_kwargs=load_kwargs, **extract_kwargs)
     return cache.load() if load else cache
 

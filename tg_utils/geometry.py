@@ -90,11 +90,13 @@ def _key(*parts) -> str:
 def geometry_table(spec: str, prompts: Sequence[Sequence[int]], out_dir="outputs",
                    prompt_ids: Sequence[int] | None = None, shuffle_index: int = 0,
                    range_max: int = 256, k_max: int = 31, batch_size: int = 4, revision: str | None = None,
-                   skip_first: int = 0, progress: bool = True, lm=None) -> pd.DataFrame:
+                   skip_first: int = 0, progress: bool = True, lm=None, keep_states: bool = True) -> pd.DataFrame:
     """The long table of one model on a prompt set (prompts as token ids, equal or different lengths).
     Reads it from <out_dir>/cache/geometry/ when it was computed before with the same inputs; else
     reads or extracts the states through the activation cache and computes every prompt's profile.
-    skip_first: leading positions left out of the clouds (a BOS), still part of the forward pass."""
+    skip_first: leading positions left out of the clouds (a BOS), still part of the forward pass.
+    keep_states=False extracts in memory without writing the states to the activation cache (the table
+    is still cached; notebook 04's shuffled prompts are read once, so storing them would only cost disk)."""
     from .cache import cached_states, prompts_hash, source_stamp
     from .extract import resolve_layers  # noqa: F401  (import check: extraction stack available)
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
@@ -114,7 +116,12 @@ def geometry_table(spec: str, prompts: Sequence[Sequence[int]], out_dir="outputs
     if lm is None:
         from .models import load_model
         lm = load_model(spec, revision=revision, out_dir=out_dir)
-    st = profile_states(lm, prompts, out_dir, batch_size, progress)
+    if keep_states:
+        st = profile_states(lm, prompts, out_dir, batch_size, progress)
+    else:
+        from .extract import extract_states
+        st = extract_states(lm, prompts, layers=profile_layers(lm.desc), positions="all", batch_size=batch_size,
+                            progress=progress)
     frames = []
     from tqdm.auto import tqdm
     for i, (pid, X) in enumerate(tqdm(list(zip(prompt_ids, st.states)), desc=f"geometry {spec}",

@@ -164,6 +164,8 @@ class ShuffleParams(PromptParams):
     k_max: int = 31
     n_boot: int = 1000
     show_prompts: int = 3                # single-prompt panels in the profile figures
+    cache_states: bool = False           # True: keep the shuffled prompts' states in the activation cache
+                                         # (~2 GB at the default sizes); the geometry tables are cached either way
 
     def check(self) -> None:
         super().check()

@@ -176,7 +176,7 @@ def shuffle_experiment(spec: str, P, corpus, progress: bool = True):
     base, rev = split_revision(spec)
     frames = [geometry_table(base, sp.at(s), P.out_dir, prompt_ids=sp.prompt_ids, shuffle_index=s,
                              range_max=P.range_max, k_max=P.k_max, batch_size=P.batch_size, revision=rev,
-                             skip_first=sp.keep_first, progress=progress, lm=lm)
+                             skip_first=sp.keep_first, progress=progress, lm=lm, keep_states=P.cache_states)
               for s in sp.shuffle_indices]
     df = numeric_values(pd.concat(frames, ignore_index=True))
     sp.model, sp.revision = str(df.model.iloc[0]), str(df.revision.iloc[0])
