@@ -1,12 +1,15 @@
 """Benchmark tg_utils.metrics against a plain baseline written the way the seed code works.
 
 On one prompt's SmolLM2 clouds (target 30 layers x 1024 tokens x 576), in one process, it times
-  * tg_utils: `metrics.layer_profile` (one kNN table per cloud shared by GRIDE and NO, vectorised
-    GRIDE over scales, NO from index tables) plus the mean cosine;
+  * tg_utils: `metrics.layer_profile` (one neighbour table per cloud shared by GRIDE and NO: float32
+    score matrix, partial selection, float64 distances where they matter; vectorised GRIDE over
+    scales, NO from index tables) plus the mean cosine;
   * baseline: scikit-learn distance matrix, full argsort, DADApy-style bisection per scale,
     neighbourhood overlap as a Python loop over tokens and k, scikit-learn cosine matrix;
-and prints both times, the ratio, and the largest difference in the values (ID at every scale,
-chi_k, cosine). With a GPU it also times tg_utils on the GPU.
+and prints both times, the ratio, the largest difference in the values (ID at every scale,
+chi_k, cosine), and where tg_utils spends its time per cloud (centring, score-matrix product,
+selection with float64 recomputation, GRIDE, overlap, cosine; the float64 product for
+comparison). With a GPU it also times tg_utils on the GPU.
 
 Clouds: `--clouds PATH.npy|.npz` (an array (L, N, d); for .npz the first array, or `--key`), or by
 default the six SmolLM2 clouds of geometry_reference.npz ($TG_GEOMETRY_REFERENCE, tests/data/ or
@@ -145,6 +148,50 @@ def load_clouds(path: str | None, key: str | None, n_layers: int):
     return clouds, f"{path}{'[' + key + ']' if key else ''}"
 
 
+def breakdown(clouds, range_max=256, k_max=31):
+    """Median wall-clock milliseconds per cloud of the steps of `metrics.layer_profile` on the CPU
+    (the steps of metrics._table_f32 called one by one): centring; the float32 score-matrix
+    product; the selection of float32 candidates and of the places where their order is certain;
+    the float64 recomputation (rows done in float64, distances at GRIDE's ranks, uncertain
+    clusters); GRIDE; the overlap of consecutive clouds; the cosine; and, for comparison, what the
+    float64 product would cost."""
+    n, d = clouds.shape[1:]
+    ranks = metrics._gride_ranks(n, range_max)
+    r_max = max(k_max, int(ranks.max()))
+    K = metrics._f32_candidate_count(n, r_max)
+    names = ("centring", "product (float32)", "selection", "float64 distances", "GRIDE", "overlap",
+             "cosine", "[product in float64]")
+    steps = {name: [] for name in names}
+    previous = None
+    for c in clouds:
+        t = [time.perf_counter()]
+        Xc = metrics._centred(c)
+        sq = (Xc * Xc).sum(1)
+        t.append(time.perf_counter())
+        S, norms = metrics._f32_scores(Xc, sq)
+        t.append(time.perf_counter())
+        cand, brk = metrics._f32_candidates(S, norms, K, d)
+        del S
+        t.append(time.perf_counter())
+        metrics._f64_rows(Xc, sq, cand, brk, r_max)
+        idx, d2 = metrics._f64_resolve(Xc, sq, cand, brk, k_max, ranks)
+        t.append(time.perf_counter())
+        table = metrics._Table(idx, np.sqrt(np.maximum(d2, 0.0)), np.sqrt(sq))
+        metrics._gride_one(c, range_max, table)
+        t.append(time.perf_counter())
+        if previous is not None:
+            metrics.overlap_from_indices(previous, idx, k_max)
+        previous = idx
+        t.append(time.perf_counter())
+        metrics._cosine_means(c[None])
+        t.append(time.perf_counter())
+        metrics._scores(Xc, sq)
+        t.append(time.perf_counter())
+        for name, dt in zip(steps, np.diff(t)):
+            steps[name].append(dt)
+    return {name: 1e3 * float(np.median(v)) for name, v in steps.items()}
+
+
 def best_time(fn, repeat):
     """Best wall-clock and CPU (process) time of `repeat` runs, and the last result."""
     wall, cpu, out = math.inf, math.inf, None
@@ -183,9 +230,15 @@ def main(argv=None):
                                             args.repeat)
     print("                                                          wall (s)   CPU (s)")
     print(f"baseline (sklearn distances, argsort, bisection, NO loop): {t_bl[0]:8.3f}  {t_bl[1]:8.3f}")
-    print(f"tg_utils (one kNN table per cloud, vectorised GRIDE, NO):  {t_tg[0]:8.3f}  {t_tg[1]:8.3f}")
+    print(f"tg_utils (float32 selection, float64 distances, GRIDE, NO): "
+          f"{t_tg[0]:7.3f}  {t_tg[1]:8.3f}")
     print(f"speed-up: {t_bl[0] / t_tg[0]:.1f}x wall, {t_bl[1] / t_tg[1]:.1f}x CPU   "
-          f"(tg_utils {1e3 * t_tg[0] / len(clouds):.1f} ms wall per cloud)")
+          f"(tg_utils {1e3 * t_tg[0] / len(clouds):.1f} ms wall, "
+          f"{1e3 * t_tg[1] / len(clouds):.1f} ms CPU per cloud; "
+          f"baseline {1e3 * t_bl[0] / len(clouds):.0f} ms wall per cloud)")
+    steps = breakdown(clouds, args.range_max, args.k_max)
+    print("tg_utils per cloud, median wall ms: "
+          + ", ".join(f"{name} {ms:.1f}" for name, ms in steps.items()))
     print(f"max |ID difference| over {ids.shape[-1]} scales: {np.nanmax(np.abs(ids - ids_b)):.2e}")
     print(f"max |chi_k difference| (k = 1..{args.k_max}):      {np.abs(chi - chi_b).max():.2e}")
     print(f"max |cosine-mean difference| (full, off-diag):    {np.abs(cos - cos_b).max():.2e}")
@@ -200,7 +253,8 @@ def main(argv=None):
         torch.cuda.synchronize()
         t_gpu, (ids_g, chi_g, _) = best_time(lambda: run_tg_utils(gpu, args.range_max, args.k_max),
                                              args.repeat)
-        print(f"tg_utils on {torch.cuda.get_device_name()}: {t_gpu[0]:.3f} s wall "
+        print(f"tg_utils on {torch.cuda.get_device_name()}: {t_gpu[0]:.3f} s wall, "
+              f"{1e3 * t_gpu[0] / len(clouds):.1f} ms per cloud "
               f"(max |ID diff| vs CPU {np.nanmax(np.abs(ids_g - ids)):.2e}, "
               f"max |chi diff| {np.abs(chi_g - chi).max():.2e})")
     else:

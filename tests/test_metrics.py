@@ -275,6 +275,95 @@ def test_token_convergence_is_a_cosine_per_word_and_layer():
     assert M.token_convergence(np.array([1.0, 0.0]), np.array([0.0, 3.0])) == 0.0
 
 
+# ============================================================================ neighbour tables
+
+def lattice_cloud(n_dup=60, noise=1e-6, seed=0):
+    """Points of a 9 x 9 x 9 grid (spacing 1, many equal distances) moved by `noise` (near-ties:
+    squared distances ~1e-11 to 1e-6 apart, which float32 scores cannot order but float64 ones
+    can), rotated into R^24 far from the origin, plus n_dup exact copies of random rows;
+    shuffled."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(9.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    Z = np.hstack([grid + noise * rng.normal(size=grid.shape), np.zeros((len(grid), 21))])
+    Q, _ = np.linalg.qr(rng.normal(size=(24, 24)))
+    X = Z @ Q.T + 50.0 * rng.normal(size=24)
+    X = np.concatenate([X, X[rng.choice(len(X), n_dup, replace=False)]])
+    return X[rng.permutation(len(X))]
+
+
+def brute_order(X):
+    """Neighbours of every point (self excluded) by cdist distance, exact ties by index, and the
+    sorted distances: (N, N - 1) each."""
+    D = cdist(X, X)
+    np.fill_diagonal(D, np.inf)
+    cols = np.broadcast_to(np.arange(len(X)), D.shape)
+    order = np.lexsort((cols, D), axis=-1)[:, :-1]
+    return order, np.take_along_axis(D, order, axis=1)
+
+
+@pytest.mark.parametrize("margin", [None, 0, 4])
+def test_float32_selection_equals_float64_on_near_ties_and_duplicates(margin):
+    X = lattice_cloud()
+    ranks = M._gride_ranks(len(X), 256)                            # 1, 2, 4, ..., 256
+    order, D = brute_order(X)
+    Xc = M._centred(X)
+    sq = (Xc * Xc).sum(1)
+    X32 = Xc.astype(np.float32)                                    # float32 alone gets it wrong
+    S32 = sq.astype(np.float32) - 2 * X32 @ X32.T
+    np.fill_diagonal(S32, np.inf)
+    assert (np.argsort(S32, axis=1, kind="stable")[:, :31] != order[:, :31]).any(1).mean() > 0.5
+    idx32, d2_32 = M._table_f32(Xc, sq, 31, ranks, margin=margin)  # small margins: float64 rows
+    idx64, d2_64 = M._table_f64(Xc, sq, 31, ranks)
+    np.testing.assert_array_equal(idx32, order[:, :31])
+    np.testing.assert_array_equal(idx64, order[:, :31])
+    scale = np.abs(Xc).max()                                       # Gram round-off: ~1e-8 scale
+    for d2 in (d2_32, d2_64):
+        np.testing.assert_allclose(np.sqrt(np.maximum(d2, 0)), D[:, ranks - 1], rtol=1e-9,
+                                   atol=1e-7 * scale)
+    table = M._neighbor_table(X, 31, ranks)                        # the default path: float32
+    np.testing.assert_array_equal(table.indices, idx32)
+    chi = M.neighborhood_overlap(X, X[:, ::-1].copy())              # the same distances
+    np.testing.assert_array_equal(chi, 1.0 * (np.arange(32) > 0))
+
+
+@pytest.mark.parametrize("name", ["smollm2_L3", "smollm2_L12", "dups"])
+def test_float32_selection_equals_float64_on_reference_clouds(ref, name):
+    """SmolLM2 states hold a few huge ones (the first token's is ~200x the median at L12)."""
+    Xc = M._centred(ref[f"X__{name}"])
+    sq = (Xc * Xc).sum(1)
+    ranks = M._gride_ranks(len(Xc), 256)
+    idx32, d2_32 = M._table_f32(Xc, sq, 31, ranks)
+    idx64, d2_64 = M._table_f64(Xc, sq, 31, ranks)
+    np.testing.assert_array_equal(idx32, idx64)
+    np.testing.assert_allclose(d2_32, d2_64, rtol=1e-12, atol=1e-12 * sq.max())
+
+
+def test_gride_on_near_ties_and_duplicates_equals_plain_implementation():
+    X = lattice_cloud(seed=1)
+    g = M.gride(X)
+    assert g.n_unique == 729
+    np.testing.assert_allclose(g.ids, brute_gride(X), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(M.layer_profile(X[None]).gride.ids[0], g.ids)
+
+
+def test_partial_selections_order_ties_by_index():
+    rng = np.random.default_rng(3)
+    S = rng.integers(0, 6, size=(40, 50)).astype(np.float64)       # many exact ties
+    S[np.arange(40), np.arange(40)] = np.inf
+    cols = np.broadcast_to(np.arange(50), S.shape)
+    expected = np.lexsort((cols, S), axis=-1)
+    for k in (1, 7, 20, 49):
+        idx, vals = M._k_nearest(S, k)
+        np.testing.assert_array_equal(idx, expected[:, :k])
+        np.testing.assert_array_equal(vals, np.sort(S, axis=1)[:, :k])
+        idx32, vals32 = M._k_smallest_f32(S.astype(np.float32), k)
+        np.testing.assert_array_equal(idx32, expected[:, :k])
+        np.testing.assert_array_equal(vals32, np.sort(S, axis=1)[:, :k])
+    np.testing.assert_array_equal(M._smallest_sorted(S, 13), np.sort(S, axis=1)[:, :13])
+    signed = np.array([[-0.5, 3.0, -2.0, 0.0, np.inf, 1e-30, -1e-30]], dtype=np.float32)
+    np.testing.assert_array_equal(M._k_smallest_f32(signed, 6)[0], [[2, 0, 6, 3, 5, 1]])
+
+
 # ============================================================================ batching, dtypes, devices
 
 def test_batched_equals_unbatched():
@@ -325,7 +414,7 @@ def test_accelerator_code_paths_equal_numpy():
     X_dup = np.concatenate([X, X[:30]])
     np.testing.assert_array_equal(M._first_occurrences(torch.from_numpy(X_dup)), np.arange(200))
     np.testing.assert_array_equal(M._first_occurrences(X_dup), np.arange(200))
-    ids_t = M._gride_one(torch.from_numpy(X_dup), 256, None)[0]
+    ids_t = M._gride_one(torch.from_numpy(X_dup), 256)[0]
     np.testing.assert_allclose(ids_t, M.gride(X).ids, rtol=0, atol=1e-9)
     for n, d in ((50, 20), (20, 50)):
         Y = random_cloud(n=n, d=d, seed=d)

@@ -82,3 +82,17 @@ def test_bad_profile_section_names_file_and_section(tmp_path, monkeypatch):
     monkeypatch.setenv("TG_REPO_ROOT", str(tmp_path))
     with pytest.raises(ParameterError, match=r"params/bad.yaml, section 01_train_toy_models: parameter 'max_steps'"):
         load_profile("bad")
+
+
+def test_lr_by_run_sets_each_runs_peak_rate_and_rejects_unknown_runs():
+    from tg_utils import toy_runs
+    from tg_utils.nbparams import TrainToyParams
+    P = TrainToyParams.from_dict({"lr": 3e-3, "lr_by_run": {"standard-postln": 7e-4, "llama-postln-nowarmup": 1e-3}})
+    assert toy_runs.train_config(P, "llama-preln").lr == 3e-3
+    assert toy_runs.train_config(P, "standard-postln").lr == 7e-4
+    nw = toy_runs.train_config(P, toy_runs.NO_WARMUP)
+    assert nw.lr == 1e-3 and nw.warmup_steps == 0
+    with pytest.raises(ParameterError, match="lr_by_run.*'gpt2'"):
+        TrainToyParams.from_dict({"lr_by_run": {"gpt2": 1e-3}})
+    with pytest.raises(ParameterError, match="lr_by_run.*must be > 0"):
+        TrainToyParams.from_dict({"lr_by_run": {"llama-postln": -1.0}})

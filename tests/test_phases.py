@@ -95,6 +95,7 @@ def test_trajectories_from_parameters(tmp_path):
     (dict(spectra_split="dev"), "spectra_split"),
     (dict(toy_runs=[], models=[]), "nothing to trace"),
     (dict(convergence_threshold=1.5), "convergence_threshold"),
+    (dict(batch_tokens=0), "batch_tokens"),
 ])
 def test_parameter_checks(kw, match):
     with pytest.raises(ParameterError, match=match):
@@ -103,6 +104,19 @@ def test_parameter_checks(kw, match):
 
 def test_default_parameters_validate():
     TrajectoryParams().check()
+
+
+def test_default_profile_reads_512_windows_of_128_tokens():
+    """Issue 7: the spectra of the default profile use at least 512 validation sequences of 128 tokens."""
+    P = TrajectoryParams()
+    assert P.n_seqs >= 512 and P.seq_len >= 128 and P.spectra_split == "validation"
+
+
+def test_batch_prompts_fills_a_token_budget():
+    assert phases.batch_prompts([[1] * 128] * 600, 2048) == 16
+    assert phases.batch_prompts([[1] * 3, [1] * 9], 2048) == 227            # the longest prompt counts
+    assert phases.batch_prompts([[1] * 3] * 900, 2048, chunk_size=256) == 256   # at most a cache chunk
+    assert phases.batch_prompts([[1] * 300], 256) == 1                        # at least one prompt
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -357,7 +371,7 @@ def test_end_to_end_on_a_tiny_trained_toy_model(tmp_path):
     P = TrajectoryParams(out_dir=str(tmp_path), figures_dir=str(tmp_path / "figures"), toy_runs=["tiny"],
                          n_seqs=24, seq_len=16, words_path=None, contexts_path=None, word_buckets=[1, 2, 3, 4],
                          words_per_bucket=4, context_buckets=[2, 3, 4], min_context_words=2,
-                         context_words_per_bucket=3, batch_size=8)
+                         context_words_per_bucket=3, batch_tokens=128)
     P.check()
     res = phases.run_trajectories(P, corpus=corpus, progress=False)
 

@@ -92,3 +92,26 @@ def test_unknown_profile_and_notebook():
     assert r.returncode == 2 and "no notebook '42'" in r.stderr
     r = _run(repo_root(), "--profile", "nope")
     assert r.returncode == 2 and "unknown profile 'nope'" in r.stderr
+
+
+def test_ctrl_c_stops_the_kernel_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    import psutil
+    root = _make_root(tmp_path, "import pathlib, time\npathlib.Path(P.out_dir, 'started').touch()\ntime.sleep(120)")
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "tg_utils.runner", "--kernel", KERNEL, "--profile", "smoke",
+                          "--out", str(out)], env={**os.environ, "TG_REPO_ROOT": str(root)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "started").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    children = psutil.Process(p.pid).children(recursive=True)      # papermill and its kernel
+    assert children
+    p.send_signal(signal.SIGINT)                                     # what Ctrl-C sends to the runner
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert "interrupted during 01_train_toy_models" in err and "run the same command again" in err
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[c.cmdline() for c in alive]}"

@@ -6,10 +6,13 @@ leading dimensions: an input of shape (..., N, d) (e.g. prompts x layers x token
 gives outputs with the same leading shape (...). Results are numpy arrays, or Python floats for a
 single cloud; distances are always float64. Definitions follow DESIGN.md, "Metric definitions".
 
-Neighbours are computed once per cloud by `knn` (one float64 Gram product per cloud: a symmetric
-rank-k update on CPU, a matmul on an accelerator, then a partial selection); the table is shared by
-`gride` and `neighborhood_overlap`, and `layer_profile` does this for a stack of layers. No Python
-loop runs over tokens; loops run over clouds, scales or solver steps.
+Neighbours are computed once per cloud and shared by GRIDE and the neighbourhood overlap
+(`layer_profile` does this for a stack of layers): on CPU a float32 score matrix (a symmetric
+rank-k update) selects the candidates, a rigorous error bound tells where the float32 order is
+certain, and the float64 distances that matter are recomputed, so the results equal the float64
+ones (see "nearest neighbours" below); `knn` returns the full float64 table; on an accelerator, a
+float64 matmul and topk. No Python loop runs over tokens; loops run over clouds, blocks of rows,
+scales or solver steps.
 
 Public API
 ----------
@@ -25,7 +28,11 @@ layer_profile(X, range_max=256, k_max=31)             -> LayerProfile (ID, chi_k
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -116,7 +123,10 @@ def _is_torch(x) -> bool:
 
 
 def _check_finite(x, name: str) -> None:
-    ok = bool(torch.isfinite(x).all()) if _is_torch(x) else bool(np.isfinite(x).all())
+    if _is_torch(x):
+        ok = bool(torch.isfinite(x).all())
+    else:        # min and max carry any NaN or inf, without a boolean array as large as x
+        ok = x.size == 0 or bool(np.isfinite(x.min()) and np.isfinite(x.max()))
     if not ok:
         raise ValueError(f"{name} contains NaN or inf values; drop or repair those states (e.g. "
                          "check the extraction dtype for overflow) before computing metrics.")
@@ -176,7 +186,8 @@ def _cosine_sums(X):
     X = _to_numpy(_f64(X))
     sq = np.einsum("nd,nd->n", X, X)
     inv = np.divide(1.0, np.sqrt(sq), out=np.zeros_like(sq), where=sq > 0)
-    return float((inv @ X) @ (inv @ X)), float((sq > 0).sum())
+    u = inv @ X                                                     # sum_i u_i
+    return float(u @ u), float((sq > 0).sum())
 
 
 def _cosine_means(C):
@@ -202,42 +213,348 @@ def cosine_similarity_mean(X, include_diagonal: bool = True):
 
 
 # ============================================================================ nearest neighbours
+#
+# Neighbours of a cloud come from a score matrix S[i, j] = |x_j|^2 - 2 x_i.x_j = |x_i - x_j|^2
+# - |x_i|^2 (a row orders the neighbours of x_i like their squared distances) by partial
+# selections, never a full sort of a row. What the metrics need of a cloud is a `_Table`: the
+# k_max nearest indices (neighbourhood overlap) and the distances at a few ranks (GRIDE's 1, 2, 4,
+# ..., 256), with exact ties (duplicate points) in index order. Two ways give the same table:
+#
+# float64 (`_table_f64`; `knn` too): the float64 score matrix; a partition of each row puts its
+#   r_max smallest values first and only those are sorted (values: ties do not matter); the k_max
+#   nearest are the entries <= the k_max-th smallest value, ordered by (score, index).
+#
+# float32 selection, float64 values (`_table_f32`, the default on CPU; half the product's cost):
+#   1. the float32 score matrix of the cloud scaled by a power of two; the K = r_max + margin
+#      smallest scores of each row, ordered;
+#   2. a rigorous bound E_i on the error of row i's float32 scores (`_f32_score_error`) tells
+#      where their order is certain: a "break" after position p when the float32 gap to the next
+#      candidate exceeds 2 E_i and every non-candidate is certainly farther. Positions between
+#      breaks form a cluster whose set of points is certain, not its order;
+#   3. a row without a break at or after position r_max (a non-candidate might belong to its r_max
+#      nearest) is done in float64 (its row of the float64 score matrix);
+#   4. the float64 squared distances |x_i|^2 + |x_j|^2 - 2 x_i.x_j of the pairs at the wanted
+#      ranks and of every cluster that holds an uncertain wanted position (10-13 pairs per row on
+#      SmolLM2 clouds) are computed directly (a sampled product), and those clusters are
+#      re-sorted by them (then by index).
+#   Float32 rounding thus never decides a neighbour's place, and every distance is float64.
 
-def _sq_dist_scores_numpy(Xc: np.ndarray, block: int = 128):
-    """Squared-distance scores of one centred float64 cloud Xc (N, d).
+_SELECTION_BLOCK = 2**17                 # score entries per block of rows (1 MB in float64)
+_U32 = 2.0 ** -24                        # unit round-off of float32
 
-    Returns S (N, N), S[i, j] = |x_j|^2 - 2 x_i.x_j = |x_i - x_j|^2 - |x_i|^2 (each row orders the
-    neighbours like the squared distance) with +inf on the diagonal, and |x_i|^2 (N,).
-    One BLAS symmetric rank-k update (half a matrix product); the other triangle is then copied
-    block by block.
-    """
-    from scipy.linalg import blas
-    S = blas.dsyrk(-2.0, Xc.T, trans=1).T           # C-ordered; lower triangle holds -2 x_i.x_j
-    sq = S.diagonal() * -0.5
-    n = len(S)
-    for b0 in range(0, n, block):
-        b1 = min(n, b0 + block)
-        S[b0:b1, b1:] = S[b1:, b0:b1].T
-        diag_block = S[b0:b1, b0:b1]
-        diag_block[...] = np.tril(diag_block) + np.tril(diag_block, -1).T
+
+def _scores(X: np.ndarray, sq: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Score matrix of one centred cloud X (N, d) in X's dtype: S[i, j] = sq_j - 2 x_i.x_j with
+    sq = |x_j|^2 (N,), +inf at the point itself; (N, N), or (len(rows), N) for some rows.
+    numpy evaluates X @ X.T as a symmetric rank-k update (half a matrix product)."""
+    if rows is None:
+        S = X @ X.T
+        rows = np.arange(len(X))
+    else:
+        S = X[rows] @ X.T
+    S *= -2
     S += sq[None, :]
-    np.fill_diagonal(S, np.inf)
-    return S, sq
+    S[np.arange(len(rows)), rows] = np.inf
+    return S
+
+
+def _smallest_sorted(S: np.ndarray, r: int) -> np.ndarray:
+    """The r smallest values of every row of S (n, N), ascending: (n, r). A partition of each row,
+    then a sort of its first r values only."""
+    if r >= S.shape[1]:
+        return np.sort(S, axis=1)
+    return np.sort(np.partition(S, r - 1, axis=1)[:, :r], axis=1)
+
+
+def _k_nearest(S: np.ndarray, k: int, kth_value: np.ndarray | None = None):
+    """Columns of the k smallest entries of every row of S (n, N) and their values, both (n, k),
+    ordered by (value, column index).
+
+    kth_value (n,): the k-th smallest value of each row, when already known. The entries <= it are
+    exactly the k wanted ones unless it repeats past position k (exact ties); such rows are
+    ordered by a stable sort of the whole row, which keeps the lowest indices.
+    """
+    n, N = S.shape
+    if kth_value is None:
+        kth_value = np.partition(S, k - 1, axis=1)[:, k - 1]
+    below = S <= kth_value[:, None]                                 # (n, N), >= k per row
+    flat = np.flatnonzero(below)                                    # row-major: ascending columns
+    if len(flat) == n * k:
+        cols = flat.reshape(n, k) - (np.arange(n) * N)[:, None]
+    else:                                                           # rows with more than k
+        tied = below.sum(1) > k
+        below[tied] = False
+        cols = np.empty((n, k), dtype=np.int64)
+        cols[~tied] = (np.flatnonzero(below) % N).reshape(-1, k)
+        cols[tied] = np.argsort(S[tied], axis=1, kind="stable")[:, :k]
+    vals = np.take_along_axis(S, cols, axis=1)
+    order = np.argsort(vals, axis=1, kind="stable")                 # equal values keep index order
+    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def _table_f64(Xc: np.ndarray, sq: np.ndarray, n_index: int, ranks: np.ndarray):
+    """(indices (N, n_index), squared distances at `ranks` (N, R)) from the float64 scores."""
+    S = _scores(Xc, sq)
+    n, r_max = len(S), max(n_index, int(ranks.max(initial=0)))
+    idx, d2 = np.empty((n, n_index), dtype=np.int64), np.empty((n, len(ranks)))
+    block = max(1, _SELECTION_BLOCK // n)
+    for b0 in range(0, n, block):                                   # blocks of rows: temporaries
+        rows = slice(b0, b0 + block)                                # stay small and in cache
+        smallest = _smallest_sorted(S[rows], r_max)                 # (block, r_max), ascending
+        d2[rows] = smallest[:, ranks - 1]
+        if n_index:
+            idx[rows] = _k_nearest(S[rows], n_index, kth_value=smallest[:, n_index - 1])[0]
+    return idx, d2 + sq[:, None]
+
+
+def _f32_scores(Xc: np.ndarray, sq: np.ndarray):
+    """float32 score matrix (N, N) of a centred float64 cloud Xc (N, d) scaled by a power of two
+    (exactly) to max |x_ik| in [1/2, 1), and the scaled norms |x_i| (N,) in float64."""
+    scale = 2.0 ** -np.frexp(max(Xc.max(), -Xc.min()))[1]
+    norms = np.sqrt(sq) * scale
+    X32 = np.multiply(Xc, scale, out=np.empty(Xc.shape, np.float32), casting="same_kind")
+    return _scores(X32, (norms**2).astype(np.float32)), norms
+
+
+def _f32_score_error(d: int):
+    """Bound on |S32_ij - S_ij| for the float32 scores of a cloud scaled so that |x_ik| < 1, as a
+    function of |x_i| and |x_j|: c_cross |x_i||x_j| + c_sq |x_j|^2 + c_abs.
+
+    Rounding the coordinates to float32 moves x_i.x_j by <= (2u + u^2)|x_i||x_j| (u = 2^-24), the
+    float32 dot product of d terms by <= gamma_d |x_i||x_j| (gamma_d = d u / (1 - d u), any
+    summation order, with or without FMA), rounding |x_j|^2 by <= u |x_j|^2 and the final sum by
+    <= u (|x_j|^2 + 2|x_i||x_j|): in all (2 gamma_d + 6u)|x_i||x_j| + 2u |x_j|^2, rounded up to
+    cover second-order terms and the float64 arithmetic of the bound. c_abs covers underflow
+    (below 2^-149 in float32; a few units of 2^-150 per term).
+    """
+    gamma = d * _U32 / (1 - d * _U32)
+    c_cross, c_sq, c_abs = 2 * gamma + 8 * _U32, 3 * _U32, d * 2.0 ** -140
+    return lambda norm_i, norm_j: c_cross * norm_i * norm_j + c_sq * norm_j**2 + c_abs
+
+
+def _f32_order_keys(vals: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """int64 keys that sort like (vals, cols), for float32 vals (no NaN) and columns < 2^31: the
+    float32 bits as an int32 of the same order in the high half, the column in the low half."""
+    bits = vals.view(np.int32)
+    return ((bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64) << 32) | cols
+
+
+def _k_smallest_f32(S: np.ndarray, k: int):
+    """Columns (n, k) of the k smallest entries of each row of a float32 matrix S (n, N), ordered
+    by (value, column), and those values. As _k_nearest, with one sort of packed int64 keys."""
+    n, N = S.shape
+    below = S <= np.partition(S, k - 1, axis=1)[:, k - 1:k]         # (n, N), >= k per row
+    tied = np.zeros(n, dtype=bool)
+    flat = np.flatnonzero(below)                                    # row-major: ascending columns
+    if len(flat) > n * k:                                           # the k-th value repeats
+        tied = np.bincount(flat // N, minlength=n) > k
+        below[tied] = False
+        flat = np.flatnonzero(below)
+    keys = np.empty((n, k), dtype=np.int64)
+    rows = np.flatnonzero(~tied)
+    keys[rows] = _f32_order_keys(S.ravel()[flat].reshape(-1, k),
+                                 flat.reshape(-1, k) - (rows * N)[:, None])
+    if tied.any():
+        keys[tied] = np.sort(_f32_order_keys(S[tied], np.arange(N)), axis=1)[:, :k]
+    keys.sort(axis=1)
+    bits = (keys >> 32).astype(np.int32)
+    return keys & 0xFFFFFFFF, (bits ^ ((bits >> 31) & 0x7FFFFFFF)).view(np.float32)
+
+
+def _f32_candidates(S: np.ndarray, norms: np.ndarray, K: int, d: int):
+    """The K smallest float32 scores of each row of S (N, N) (from `_f32_scores`, norms (N,)),
+    and where their order is certain.
+
+    Returns cand (N, K) int64, ordered by float32 score, and brk (N, K) bool: brk[i, p] when
+    candidates 0..p of row i are certainly nearer (whatever the float32 rounding) than every later
+    candidate and every non-candidate. With E_i the error bound of row i's candidates (that of
+    the largest one), a break needs a float32 gap > 2 E_i to the next candidate and a margin over
+    the non-candidates (float32 score >= the K-th; the 16 largest points are bounded one by one, so
+    that a few huge states, e.g. a massive first token, do not loosen the bound of the others).
+    """
+    n = len(S)
+    err = _f32_score_error(d)
+    by_norm = np.argsort(norms)
+    big, rest = by_norm[-16:], (norms[by_norm[-17]] if n > 16 else 0.0)
+    cand = np.empty((n, K), dtype=np.int64)
+    brk = np.empty((n, K), dtype=bool)
+    block = max(1, 2 * _SELECTION_BLOCK // n)
+    for b0 in range(0, n, block):                                   # blocks of rows
+        rows = slice(b0, b0 + block)
+        cand[rows], v = _k_smallest_f32(S[rows], K)                 # (b, K), ascending
+        v = v.astype(np.float64)
+        norm_i = norms[rows, None]                                  # (b, 1)
+        E = err(norm_i, norms[cand[rows]].max(1, keepdims=True))    # (b, 1)
+        if K < n - 1:                                               # lower bound of non-candidates
+            S_big = S[rows, big].astype(np.float64)                 # (b, 16)
+            S_big = np.where(S_big >= v[:, -1:], S_big - err(norm_i, norms[big]), np.inf)
+            beyond = np.minimum(v[:, -1:] - err(norm_i, rest), S_big.min(1, keepdims=True))
+        else:                                                       # every other point is one
+            beyond = np.full_like(E, np.inf)
+        brk[rows, :-1] = (np.diff(v, axis=1) > 2 * E) & (v[:, :-1] + E < beyond)
+        brk[rows, -1] = (v[:, -1:] + E < beyond)[:, 0]
+    return cand, brk
+
+
+def _f64_rows(Xc: np.ndarray, sq: np.ndarray, cand: np.ndarray, brk: np.ndarray, r_max: int):
+    """Rows of cand, brk (N, K) without a break at or after position r_max (a non-candidate might
+    be among their r_max nearest) get their r_max nearest from their row of the float64 score
+    matrix, in order (every break set). In place; returns those rows."""
+    unsure = np.flatnonzero(~brk[:, r_max - 1:].any(1))
+    if len(unsure):
+        cand[unsure, :r_max] = _k_nearest(_scores(Xc, sq, unsure), r_max)[0]
+        brk[unsure] = True
+    return unsure
+
+
+def _pair_dots(X: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float64 dot products x_rows[p] . x_cols[p] (P,) of pairs of rows of X (N, d).
+
+    torch's sampled dense-dense product computes them straight from the rows of X (one dot per
+    pair; ~6x faster than gathering the rows with numpy, the fallback without torch).
+    """
+    if torch is None:                                               # pragma: no cover
+        return np.einsum("pd,pd->p", X[rows], X[cols])
+    n = len(X)
+    order = np.argsort(rows * n + cols)                             # CSR: by row, then column
+    crow = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    Xt = torch.from_numpy(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)                # "CSR support is in beta"
+        pattern = torch.sparse_csr_tensor(
+            torch.from_numpy(crow), torch.from_numpy(cols[order]),
+            torch.ones(len(rows), dtype=Xt.dtype), size=(n, n), check_invariants=False)
+        dots = torch.sparse.sampled_addmm(pattern, Xt, Xt.T, beta=0.0).values().numpy()
+    out = np.empty(len(rows))
+    out[order] = dots
+    return out
+
+
+def _f64_resolve(Xc: np.ndarray, sq: np.ndarray, cand: np.ndarray, brk: np.ndarray,
+                 n_index: int, ranks: np.ndarray):
+    """float64 squared distances of the pairs at the wanted ranks and of every cluster (positions
+    between breaks) holding an uncertain wanted position; such clusters are re-sorted by them,
+    then by index. cand, brk (N, K) as from `_f32_candidates` (cand is reordered in place).
+    Returns (indices (N, n_index), squared distances at `ranks` (N, R))."""
+    n, K = cand.shape
+    wanted = np.zeros(K, dtype=bool)                                # positions the metrics use
+    wanted[:n_index] = True
+    wanted[ranks - 1] = True
+    alone = brk.copy()                                              # breaks on both sides
+    alone[:, 1:] &= brk[:, :-1]
+    cluster = np.cumsum(brk, axis=1) - brk + (np.arange(n) * K)[:, None]    # ids grow along rows
+    redo = np.zeros(n * K, dtype=bool)
+    redo[cluster[~alone & wanted]] = True
+    redo = redo[cluster]                                            # (N, K)
+    redo[:, ranks - 1] = True
+    flat = np.flatnonzero(redo)                                     # (P,): by row, then position
+    r, p = np.divmod(flat, K)
+    c = cand.ravel()[flat]
+    d2 = sq[r] + sq[c] - 2.0 * _pair_dots(Xc, r, c)                 # (P,) float64
+    g = np.flatnonzero(~alone.ravel()[flat])                        # in uncertain clusters
+    order = g[np.lexsort((c[g], d2[g], cluster.ravel()[flat[g]]))]  # each cluster in its places
+    c[g], d2[g] = c[order], d2[order]
+    np.put(cand, flat[g], c[g])
+    rank_column = np.full(K, -1)
+    rank_column[ranks - 1] = np.arange(len(ranks))
+    at_rank = rank_column[p] >= 0
+    out = np.empty((n, len(ranks)))
+    out[r[at_rank], rank_column[p[at_rank]]] = d2[at_rank]
+    return cand[:, :n_index], out
+
+
+def _f32_candidate_count(n: int, r_max: int, margin: int | None = None) -> int:
+    """K, the float32 candidates per row: r_max + margin (default max(8, r_max / 16)), < n."""
+    return min(n - 1, r_max + (max(8, r_max // 16) if margin is None else margin))
+
+
+def _table_f32(Xc: np.ndarray, sq: np.ndarray, n_index: int, ranks: np.ndarray,
+               margin: int | None = None):
+    """(indices (N, n_index), squared distances at `ranks` (N, R)) by float32 selection and
+    float64 recomputation (see the notes above); margin: see `_f32_candidate_count`."""
+    r_max = max(n_index, int(ranks.max(initial=0)))
+    S, norms = _f32_scores(Xc, sq)                                  # 1.
+    cand, brk = _f32_candidates(S, norms, _f32_candidate_count(len(Xc), r_max, margin),
+                                Xc.shape[1])                        # 1., 2.
+    del S
+    _f64_rows(Xc, sq, cand, brk, r_max)                             # 3.
+    return _f64_resolve(Xc, sq, cand, brk, n_index, ranks)          # 4.
+
+
+class _Table(NamedTuple):
+    """What the metrics use of one cloud's neighbours (self excluded).
+
+    indices:   int64   (N, n_index) the nearest neighbours, by distance (exact ties by index)
+    distances: float64 (N, R)       distance to the r-th nearest neighbour, for each wanted rank r
+    norms:     float64 (N,)         |x_i - mean|, the scale of the Gram formula's round-off
+    """
+    indices: np.ndarray
+    distances: np.ndarray
+    norms: np.ndarray
+
+
+def _centred(X):
+    """Centred float64 copy of one cloud (array or tensor, any float dtype): distances do not
+    change, and the Gram formula |x|^2 + |y|^2 - 2 x.y loses less precision."""
+    if _is_torch(X):
+        X = _f64(X)
+        return X - X.mean(0, keepdim=True)
+    return np.subtract(X, X.mean(0, dtype=np.float64), dtype=np.float64)
+
+
+def _neighbor_table(X, n_index: int, ranks, method: str = "auto") -> _Table:
+    """The n_index nearest-neighbour indices and the distances at the 1-based ranks `ranks` (e.g.
+    GRIDE's 1, 2, 4, ..., 256) of one cloud X (N, d).
+
+    method: "float32" (float32 selection, float64 distances), "float64" (float64 score matrix) or
+    "auto": float32 for numpy clouds of up to 2^14 features (its error bound grows with d).
+    Tensors on an accelerator: a float64 matmul and topk (exact ties in topk's order).
+    """
+    ranks = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    r_max = max(int(n_index), int(ranks.max(initial=0)))
+    Xc = _centred(X)
+    sq = (Xc * Xc).sum(1)
+    norms = np.sqrt(_to_numpy(sq))
+    if r_max == 0:
+        return _Table(np.empty((len(norms), 0), np.int64), np.empty((len(norms), 0)), norms)
+    if _is_torch(Xc):
+        idx, dist = _knn_torch(Xc, r_max)
+        return _Table(idx[:, :n_index], dist[:, ranks - 1], norms)
+    if method == "auto":
+        method = "float32" if Xc.shape[1] <= 2**14 else "float64"
+    table = _table_f32 if method == "float32" else _table_f64
+    idx, d2 = table(Xc, sq, int(n_index), ranks)
+    return _Table(idx, np.sqrt(np.maximum(d2, 0.0, out=d2)), norms)
+
+
+@functools.cache
+def _thread_controller():
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
+
+
+def _one_thread(C):
+    """One BLAS / OpenMP thread while the CPU tables of a stack of clouds are built. Measured on 2
+    cores (30 clouds of 1024 x 576, interleaved A/B): 39 ms per cloud against 46 ms with two
+    threads, since most of the work (selection, GRIDE) is single-threaded and idle OpenBLAS / OpenMP
+    threads spinning between the calls get in its way. Scoped: the caller's settings come back on
+    exit. Tensors on an accelerator are left alone."""
+    if _is_torch(C) and C.device.type != "cpu":
+        return contextlib.nullcontext()
+    return _thread_controller().limit(limits=1)
 
 
 def _knn_numpy(Xc: np.ndarray, k: int):
-    """(indices (N, k), distances (N, k)) of one centred float64 cloud."""
-    S, sq = _sq_dist_scores_numpy(Xc)
-    part = np.argpartition(S, k - 1, axis=1)[:, :k]                 # the k smallest, unordered
-    vals = np.take_along_axis(S, part, axis=1)
-    order = np.argsort(vals, axis=1)
-    d2 = np.take_along_axis(vals, order, axis=1)
-    d2 += sq[:, None]
-    return np.take_along_axis(part, order, axis=1), np.sqrt(np.maximum(d2, 0.0, out=d2))
+    """(indices (N, k), distances (N, k)) of one centred float64 cloud, from its float64 scores."""
+    sq = (Xc * Xc).sum(1)
+    idx, vals = _k_nearest(_scores(Xc, sq), k)
+    d2 = vals + sq[:, None]
+    return idx, np.sqrt(np.maximum(d2, 0.0, out=d2))
 
 
 def _knn_torch(Xc, k: int):
-    """Same as _knn_numpy for a float64 tensor (used on accelerators): matmul and topk."""
+    """Same as _knn_numpy for a float64 tensor (used on accelerators): matmul and topk (exact ties
+    in topk's order)."""
     G = Xc @ Xc.T
     sq = torch.diagonal(G).clone()
     S = sq[None, :] - 2.0 * G
@@ -248,12 +565,9 @@ def _knn_torch(Xc, k: int):
 
 
 def _knn_one(X, k: int):
-    """kNN table of one float64 cloud (N, d). The cloud is centred first: distances do not change
-    and the Gram formula |x|^2 + |y|^2 - 2 x.y loses less precision."""
-    X = _f64(X)
-    if _is_torch(X):
-        return _knn_torch(X - X.mean(0, keepdim=True), k)
-    return _knn_numpy(X - X.mean(0, keepdims=True), k)
+    """kNN table (indices (N, k), distances (N, k)) of one cloud (N, d)."""
+    Xc = _centred(X)
+    return _knn_torch(Xc, k) if _is_torch(Xc) else _knn_numpy(Xc, k)
 
 
 def _check_k(k: int, n: int, what: str = "k") -> None:
@@ -265,9 +579,9 @@ def _check_k(k: int, n: int, what: str = "k") -> None:
 def knn(X, k: int) -> Neighbors:
     """k-nearest-neighbour table of each cloud X (..., N, d), self excluded, sorted by distance.
 
-    Distances are float64 Euclidean (Gram formula on the centred cloud: one product per cloud).
-    Exact ties (duplicate points) come in an arbitrary but deterministic order.
-    Returns Neighbors(indices (..., N, k) int64, distances (..., N, k) float64).
+    Distances are float64 Euclidean (Gram formula on the centred cloud: one float64 product per
+    cloud). Exact ties (duplicate points) come in index order (on an accelerator, in torch.topk's
+    order). Returns Neighbors(indices (..., N, k) int64, distances (..., N, k) float64).
     """
     C, lead = _clouds(X)
     _check_k(k, C.shape[-2])
@@ -293,25 +607,27 @@ class _GrideDerivative:
         f(d) = sum_kept ((1 - n2 + n1) / (1 - mu^-d) + n2 - 1) log mu - (N_kept - 1) / d,
 
     with 1 - mu^-d floored at 2 GRIDE_TOL as DADApy does. f increases with d, so the
-    maximum-likelihood ID is its root. mus, keep: (N, S); n1, n2, d: (S,).
+    maximum-likelihood ID is its root. mus, keep: (N, S); n1, n2, d: (S,). Arrays are held as
+    (S, N), one contiguous row per scale.
     """
 
     def __init__(self, mus, keep, n1, n2):
-        self.log_mu = np.log(mus)
-        self.w_log = np.where(keep, self.log_mu, 0.0)              # log mu of the kept points
+        self.log_mu = np.log(mus.T)                                 # (S, N)
+        self.w_log = np.where(keep.T, self.log_mu, 0.0)             # log mu of the kept points
+        self.w_log2 = self.w_log * self.log_mu
         self.n_kept = keep.sum(0)
-        self.sum_log = self.w_log.sum(0)
+        self.sum_log = self.w_log.sum(1)
         self.n1, self.n2 = n1, n2
 
     def __call__(self, d, with_slope: bool = False):
-        mu_pow = np.exp(-d * self.log_mu)
+        mu_pow = np.exp(-d[:, None] * self.log_mu)                  # mu^-d, (S, N)
         one_m = np.maximum(1.0 - mu_pow, 2 * GRIDE_TOL)
-        f = ((1 - self.n2 + self.n1) * (self.w_log / one_m).sum(0)
+        f = ((1 - self.n2 + self.n1) * (self.w_log / one_m).sum(1)
              + (self.n2 - 1) * self.sum_log - (self.n_kept - 1) / d)
         if not with_slope:
             return f
-        free = 1.0 - mu_pow > 2 * GRIDE_TOL                         # not at the floor
-        slope = np.where(free, self.w_log * self.log_mu * mu_pow / one_m**2, 0.0).sum(0)
+        free = one_m > 2 * GRIDE_TOL                                # not at the floor
+        slope = (np.where(free, self.w_log2, 0.0) * mu_pow / one_m**2).sum(1)
         return f, (self.n2 - self.n1 - 1) * slope + (self.n_kept - 1) / d**2
 
 
@@ -323,8 +639,12 @@ def _gride_root(f: _GrideDerivative, n_scales: int, max_iter: int = 60):
     f_hi = f(np.full(n_scales, GRIDE_D1))
     inside = (f_lo < 0) & (f_hi > 0)
     t_lo, t_hi = math.log(GRIDE_D0), math.log(GRIDE_D1)
+    # 1 - mu^-d lies below d log mu (small d) and 1 (large d): with either, f is larger, so
+    # the roots of those approximations bound the root from below (the floor aside): start
+    # Newton at the larger one
     with np.errstate(divide="ignore", invalid="ignore"):
-        guess = (f.n_kept - 1) / (f.n1 * f.sum_log)                 # the large-d asymptote
+        guess = np.maximum(((f.n2 - f.n1) * f.n_kept - 1) / ((f.n2 - 1) * f.sum_log),
+                           (f.n_kept - 1) / (f.n1 * f.sum_log))
     t = np.clip(np.log(np.where(inside & (guess > 0), guess, 1.0)), t_lo, t_hi)
     for _ in range(max_iter):
         d = np.exp(t)
@@ -339,16 +659,19 @@ def _gride_root(f: _GrideDerivative, n_scales: int, max_iter: int = 60):
 def _replay_bisection(root, f_hi):
     """The value DADApy's `_argmax_loglik` returns: bisection of [GRIDE_D0, GRIDE_D1] until the
     bracket is narrower than GRIDE_TOL, moving the upper end to the midpoint when
-    f(mid) f(GRIDE_D1) > 0. As f increases, sign f(mid) = sign(mid - root): the root replays it."""
-    d0, d1 = np.full(root.shape, GRIDE_D0), np.full(root.shape, GRIDE_D1)
-    active = np.abs(d0 - d1) > GRIDE_TOL
-    while active.any():
-        d2 = (d0 + d1) / 2.0
-        same_sign = np.where(f_hi > 0, d2 > root, np.where(f_hi < 0, d2 < root, False))
-        d1 = np.where(active & same_sign, d2, d1)
-        d0 = np.where(active & ~same_sign, d2, d0)
-        active = np.abs(d0 - d1) > GRIDE_TOL
-    return (d0 + d1) / 2.0
+    f(mid) f(GRIDE_D1) > 0. As f increases, sign f(mid) = sign(mid - root): the root replays it.
+    root, f_hi: (S,); a loop of Python floats (~34 steps per scale) beats numpy on so few values."""
+    out = np.empty(len(root))
+    for s, (r, sign) in enumerate(zip(root.tolist(), np.sign(f_hi).tolist())):
+        d0, d1 = GRIDE_D0, GRIDE_D1
+        while abs(d0 - d1) > GRIDE_TOL:
+            d2 = (d0 + d1) / 2.0
+            if (sign > 0 and d2 > r) or (sign < 0 and d2 < r):     # f(d2) has the sign of f(d1)
+                d1 = d2
+            else:
+                d0 = d2
+        out[s] = (d0 + d1) / 2.0
+    return out
 
 
 def _gride_ml(mus, keep, n1, n2):
@@ -401,38 +724,40 @@ def _first_occurrences(X) -> np.ndarray:
     return np.sort(np.unique(rows.ravel(), return_index=True)[1])
 
 
-def _surely_distinct(X, neighbors: Neighbors | None) -> bool:
-    """True when a kNN table of X shows no duplicate rows: each point's nearest-neighbour distance
+def _gride_ranks(n_points: int, range_max: int) -> np.ndarray:
+    """The neighbour ranks whose distances GRIDE uses: 1, 2, 4, ..., 2^S for the S scales a cloud
+    of n_points distinct points holds (none when it holds no scale)."""
+    n1 = gride_scales(n_points, range_max)
+    return np.append(n1, 2 * n1[-1]) if len(n1) else n1
+
+
+def _surely_distinct(table: _Table) -> bool:
+    """True when a cloud's neighbour table shows no duplicate rows: each nearest-neighbour distance
     is above 1e-5 |x_i - mean|, beyond the round-off a duplicate pair gets from the Gram formula
     on the centred cloud (at most ~sqrt(3 d eps) |x_i - mean| < 3e-6 |x_i - mean| for d <= 10^4).
     False means "maybe": the exact row comparison decides."""
-    if neighbors is None or neighbors.distances.shape[-2] != X.shape[0]:
-        return False
-    Xc = X - X.mean(0)
-    norms = _to_numpy((Xc * Xc).sum(1)) ** 0.5
-    return bool(np.all(np.asarray(neighbors.distances)[:, 0] > 1e-5 * norms))
+    return table.distances.shape[1] > 0 and bool(np.all(table.distances[:, 0] > 1e-5 * table.norms))
 
 
-def _gride_one(X, range_max: int, neighbors: Neighbors | None):
-    """GRIDE of one validated float64 cloud (N, d): (ids, errs, rs, n_unique)."""
+def _gride_one(X, range_max: int, table: _Table | None = None):
+    """GRIDE of one validated cloud X (N, d), any float dtype: (ids, errs, rs, n_unique).
+
+    table: X's neighbour table with the distances at the ranks _gride_ranks(N, range_max), e.g.
+    shared with the neighbourhood overlap; computed when not given. It is used when it shows no
+    duplicate rows; otherwise those are dropped and the distances recomputed.
+    """
     n = X.shape[0]
-    first = None if _surely_distinct(X, neighbors) else _first_occurrences(X)
+    if table is None:
+        table = _neighbor_table(X, 0, _gride_ranks(n, range_max))
+    first = None if _surely_distinct(table) else _first_occurrences(X)
     n_unique = n if first is None else len(first)
     if n_unique < 3:
         raise ValueError(f"GRIDE needs at least 3 distinct points; this cloud has {n_unique} "
                          f"distinct rows out of {n}. Skip it or use a longer prompt.")
-    n1 = gride_scales(n_unique, range_max)
-    max_rank = int(2 * n1[-1])
-    if (neighbors is not None and n_unique == n and neighbors.distances.shape[-2] == n
-            and neighbors.distances.shape[-1] >= max_rank):
-        dist = np.asarray(neighbors.distances)
-    elif n_unique == n:
-        dist = _knn_one(X, max_rank)[1]
-    else:
-        keep = torch.as_tensor(first, device=X.device) if _is_torch(X) else first
-        dist = _knn_one(X[keep], max_rank)[1]
-    ranks = np.concatenate([n1, [max_rank]])                        # 1, 2, 4, ..., 2^S
-    ids, errs, rs = gride_from_rank_distances(dist[:, ranks - 1])
+    if n_unique < n:
+        X = X[torch.as_tensor(first, device=X.device) if _is_torch(X) else first]
+        table = _neighbor_table(X, 0, _gride_ranks(n_unique, range_max))
+    ids, errs, rs = gride_from_rank_distances(table.distances)      # ranks 1, 2, 4, ..., 2^S
     return ids, errs, rs, n_unique
 
 
@@ -462,6 +787,19 @@ def _split_neighbors(neighbors: Neighbors | None, n_clouds: int):
     return [Neighbors(i[c], d[c]) for c in range(n_clouds)]
 
 
+def _gride_table(X, nb: Neighbors | None, range_max: int) -> _Table | None:
+    """The part of a knn table (N, k) of one cloud X that GRIDE uses, or None when the table does
+    not reach the largest rank GRIDE needs."""
+    n = X.shape[0]
+    ranks = _gride_ranks(n, range_max)
+    if nb is None or len(ranks) == 0 or nb.distances.shape[0] != n \
+            or nb.distances.shape[1] < ranks[-1]:
+        return None
+    Xc = _centred(X)
+    norms = np.sqrt(_to_numpy((Xc * Xc).sum(1)))
+    return _Table(np.asarray(nb.indices), np.asarray(nb.distances)[:, ranks - 1], norms)
+
+
 def gride(X, range_max: int = 256, neighbors: Neighbors | None = None) -> GrideResult:
     """GRIDE intrinsic dimension (Denti et al. 2022) at scales n1 = 1, 2, 4, ..., n2 = 2 n1.
 
@@ -476,7 +814,8 @@ def gride(X, range_max: int = 256, neighbors: Neighbors | None = None) -> GrideR
     if int(range_max) < 2:
         raise ValueError(f"range_max must be >= 2 (the first scale uses n2 = 2), got {range_max}.")
     tables = _split_neighbors(neighbors, len(C))
-    rows = [_gride_one(_f64(c), int(range_max), nb) for c, nb in zip(C, tables)]
+    rows = [_gride_one(c, int(range_max), _gride_table(c, nb, int(range_max)))
+            for c, nb in zip(C, tables)]
     return _stack_gride(rows, lead, int(range_max))
 
 
@@ -511,6 +850,11 @@ def overlap_from_indices(idx_a, idx_b, k_max: int = 31) -> np.ndarray:
     return chi.reshape(lead + (k_max + 1,))
 
 
+def _nearest_indices(C, k: int) -> np.ndarray:
+    """Indices of the k nearest neighbours of every point of clouds C (C, N, d): (C, N, k)."""
+    return np.stack([_neighbor_table(c, k, ())[0] for c in C])
+
+
 def neighborhood_overlap(X_a, X_b, k_max: int = 31, neighbors_a: Neighbors | None = None,
                          neighbors_b: Neighbors | None = None) -> np.ndarray:
     """Neighbourhood overlap chi_k between two representations of the same tokens.
@@ -526,8 +870,8 @@ def neighborhood_overlap(X_a, X_b, k_max: int = 31, neighbors_a: Neighbors | Non
         raise ValueError(f"X_a {tuple(X_a.shape)} and X_b {tuple(X_b.shape)} must hold the same "
                          "tokens: their shapes must agree except in the last (feature) axis.")
     _check_k(k_max, A.shape[-2], "k_max")
-    ia = knn(A, k_max).indices if neighbors_a is None else np.asarray(neighbors_a.indices)
-    ib = knn(B, k_max).indices if neighbors_b is None else np.asarray(neighbors_b.indices)
+    ia = _nearest_indices(A, k_max) if neighbors_a is None else np.asarray(neighbors_a.indices)
+    ib = _nearest_indices(B, k_max) if neighbors_b is None else np.asarray(neighbors_b.indices)
     chi = overlap_from_indices(ia.reshape(A.shape[:2] + ia.shape[-1:]),
                                ib.reshape(B.shape[:2] + ib.shape[-1:]), k_max)
     return chi.reshape(lead_a + (k_max + 1,))
@@ -660,23 +1004,23 @@ def token_convergence(states_t, states_final):
 def layer_profile(X, range_max: int = 256, k_max: int = 31) -> LayerProfile:
     """ID at every scale, chi_k between consecutive layers and mean cosine of a stack of layers.
 
-    X: (..., L, N, d), e.g. one prompt's token states at every layer. One kNN table per cloud
-    (k = max(largest GRIDE n2, k_max)) serves both GRIDE and the neighbourhood overlap.
+    X: (..., L, N, d), e.g. one prompt's token states at every layer. One score matrix per cloud
+    gives both the k_max nearest indices (neighbourhood overlap) and the distances at GRIDE's
+    ranks 1, 2, 4, ..., largest n2.
     """
     C, lead = _clouds(X)
     if len(lead) < 1:
         raise ValueError(f"layer_profile needs X of shape (..., L, N, d), got {tuple(X.shape)}.")
     n = C.shape[-2]
     _check_k(k_max, n, "k_max")
-    scales = gride_scales(n, range_max)
-    k = min(max(2 * int(scales[-1]) if len(scales) else 2, k_max), n - 1)
+    ranks = _gride_ranks(n, int(range_max))                         # for clouds without duplicates
     idx = np.empty((len(C), n, k_max), dtype=np.int64)
     rows = []
-    for c_i, c in enumerate(C):
-        c = _f64(c)
-        nb = Neighbors(*_knn_one(c, k))
-        idx[c_i] = nb.indices[:, :k_max]
-        rows.append(_gride_one(c, int(range_max), nb))
+    with _one_thread(C):
+        for c_i, c in enumerate(C):
+            table = _neighbor_table(c, k_max, ranks)
+            idx[c_i] = table.indices
+            rows.append(_gride_one(c, int(range_max), table if len(ranks) else None))
     L = lead[-1]
     idx = idx.reshape((-1, L, n, k_max))
     chi = overlap_from_indices(idx[:, :-1], idx[:, 1:], k_max).reshape(lead[:-1] + (L - 1, k_max + 1))

@@ -36,7 +36,9 @@ class TrainToyParams(NotebookParams):
     max_steps: int = 160
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 3e-3
+    lr: float = 3e-3                     # peak learning rate of every run not named in lr_by_run
+    lr_by_run: dict[str, float] = field(default_factory=lambda: {
+        "llama-postln": 1e-3, "standard-postln": 7e-4, "llama-postln-nowarmup": 1e-3})   # benchmarks/lr_sweep.py
     warmup_steps: int = 16
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -53,6 +55,12 @@ class TrainToyParams(NotebookParams):
             raise ParameterError(f"parameter 'd_model' ({self.d_model}) must be divisible by 'n_head' ({self.n_head})")
         if not self.presets:
             raise ParameterError("parameter 'presets' must name at least one preset")
+        runs = list(self.presets) + ["llama-postln-nowarmup"]
+        for run, lr in self.lr_by_run.items():
+            if run not in runs:
+                raise ParameterError(f"parameter 'lr_by_run': {run!r} is not a run; runs: {', '.join(runs)}")
+            if not lr > 0:
+                raise ParameterError(f"parameter 'lr_by_run': the learning rate of {run!r} must be > 0, got {lr}")
 
 
 TOY_RUNS = ["llama-preln", "llama-postln", "standard-preln", "standard-postln"]
@@ -230,11 +238,11 @@ class TrajectoryParams(NotebookParams):
     model_warmup_steps: int | None = None                 # LR warmup of the hub models (Pythia: 1430)
     device: str = "cpu"
     model_dtype: str = "float32"
-    batch_size: int = 32
+    batch_tokens: int = 2048            # padded tokens per forward pass (windows of 128: 16 per batch)
     # spectra: the last-token state of n_seqs windows of seq_len tokens of spectra_split
     spectra_split: str = "validation"
     n_seqs: int = 512
-    seq_len: int = 32                   # 128 in the paper profile; at 512 windows RankMe / alpha barely move with it
+    seq_len: int = 128
     spectra_shown: int = 4              # checkpoints per trajectory in the eigenspectrum figure
     # phase rule (tg_utils.trajectory.mark_phases; warmup_until = each run's LR warmup)
     phase_smooth: int = 3
@@ -257,7 +265,7 @@ class TrajectoryParams(NotebookParams):
     def check(self) -> None:
         super().check()
         _corpus_check(self)
-        self.positive("batch_size", "n_seqs", "seq_len", "spectra_shown", "phase_min_len", "words_per_bucket",
+        self.positive("batch_tokens", "n_seqs", "seq_len", "spectra_shown", "phase_min_len", "words_per_bucket",
                       "min_contexts", "min_context_words", "context_words_per_bucket", "min_rankme_slope",
                       "min_alpha_slope")
         _specs_check(self, ["models"])

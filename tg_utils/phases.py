@@ -26,8 +26,15 @@ that token from the final-normed last-token state (`next_token_nll` metric) is a
 measured on exactly the states of the spectrum, at every checkpoint (the training log's validation
 loss exists only every eval_every steps).
 
-Extraction passes compute_loss=False (the full-sequence loss would cost more than the states);
-prompts are sorted by length before they go to the cache so that batches carry little padding.
+Cost (default profile, one CPU thread): nearly all of the time is the forward passes, ~85k tokens per
+checkpoint (512 windows x 128 tokens = 65.5k, the ~880 word prompts ~3.7k, the ~820 context and swapped
+prompts ~16k) x 50 checkpoints, of which the matrix products of the blocks take most. Each checkpoint is
+loaded once and all three prompt sets are read from it; only last-token states are kept
+(positions="last"); extraction passes compute_loss=False, so the forward stops after the final norm (no
+lm_head over the vocabulary, no full-sequence loss); prompts are sorted by length before they go to the
+cache so that batches carry little padding, and each set runs in batches of `batch_tokens` padded tokens
+(`batch_prompts`): 16 windows of 128 tokens, but a few hundred of the 3-9-token word prompts per forward
+(the per-forward overhead of a batch of a few prompts costs more than their tokens).
 """
 from __future__ import annotations
 
@@ -242,14 +249,23 @@ def bucket_report(inputs: Inputs, trajectory: str, P) -> pd.DataFrame:
 
 # ============================================================================ per-checkpoint measures
 
-def last_states(lm, prompts: Sequence[Sequence[int]], out_dir="outputs", batch_size: int = 32,
+def batch_prompts(prompts: Sequence[Sequence[int]], batch_tokens: int, chunk_size: int = 256) -> int:
+    """Prompts per forward pass for a prompt set: as many of its longest prompt as fit in `batch_tokens`
+    padded tokens (at least 1, at most a cache chunk)."""
+    longest = max((len(p) for p in prompts), default=1)
+    return int(max(1, min(chunk_size, batch_tokens // max(1, longest))))
+
+
+def last_states(lm, prompts: Sequence[Sequence[int]], out_dir="outputs", batch_tokens: int = 2048,
                 chunk_size: int = 256) -> np.ndarray:
     """Last-token states of every state index, (n_prompts, n_states, d) float32, through the activation
-    cache (prompts sorted by length for the batches, returned in the given order; no loss computed)."""
+    cache (prompts sorted by length for the batches, `batch_prompts` per forward pass, returned in the
+    given order; no loss computed, so the forward stops after the final norm)."""
     from .cache import cached_states
     order = np.argsort([len(p) for p in prompts], kind="stable")
     st = cached_states(lm, [list(prompts[i]) for i in order], layers=None, positions="last", out_dir=out_dir,
-                       batch_size=batch_size, chunk_size=chunk_size, progress=False, compute_loss=False)
+                       batch_size=batch_prompts(prompts, batch_tokens, chunk_size), chunk_size=chunk_size,
+                       progress=False, compute_loss=False)
     x = st.stacked().float().numpy()
     out = np.empty_like(x)
     out[order] = x
@@ -332,15 +348,15 @@ class CheckpointResult:
 def measure_checkpoint(lm, inputs: Inputs, P, step: int) -> CheckpointResult:
     """Everything notebook 06 reads from one loaded checkpoint."""
     t0 = time.perf_counter()
-    S = last_states(lm, inputs.seqs.ids, P.out_dir, P.batch_size)
+    S = last_states(lm, inputs.seqs.ids, P.out_dir, P.batch_tokens)
     spec = layer_spectra(S)
     nll = next_token_nll(S[:, -1], inputs.seqs.targets, lm)
-    words = {p: last_states(lm, wp.ids, P.out_dir, P.batch_size) for p, wp in inputs.words.items()}
+    words = {p: last_states(lm, wp.ids, P.out_dir, P.batch_tokens) for p, wp in inputs.words.items()}
     p1 = p2 = c1 = c2 = None
     cs = inputs.contexts
     if cs is not None:
-        base, mask = cs.stack(last_states(lm, cs.prompts(), P.out_dir, P.batch_size))
-        swap, _ = cs.stack(last_states(lm, cs.swap_prompts(), P.out_dir, P.batch_size))
+        base, mask = cs.stack(last_states(lm, cs.prompts(), P.out_dir, P.batch_tokens))
+        swap, _ = cs.stack(last_states(lm, cs.swap_prompts(), P.out_dir, P.batch_tokens))
         p1, p2 = T.perturbation_scores(base, None, swap, base_mask=mask)
         mu = S.mean(0)                                   # (L, d): the mean last-token state of the windows
         c1, c2 = T.perturbation_scores(base - mu, None, swap - mu, base_mask=mask)

@@ -112,10 +112,20 @@ def run_notebook(nb: Path, params: dict, executed: Path, kernel: str, log_output
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     mem = PeakMemory(proc.pid)
     err_lines = []
-    for line in proc.stderr:  # stream papermill's progress, keep the tail for the failure message
-        sys.stderr.write(line)
-        err_lines = (err_lines + [line])[-40:]
-    rc = proc.wait()
+    try:
+        for line in proc.stderr:  # stream papermill's progress, keep the tail for the failure message
+            sys.stderr.write(line)
+            err_lines = (err_lines + [line])[-40:]
+        rc = proc.wait()
+    except KeyboardInterrupt:     # Ctrl-C: stop papermill and its kernel too, then tell main()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        mem.stop()
+        os.unlink(pfile)
+        raise
     peak = mem.stop()
     os.unlink(pfile)
     return rc, time.perf_counter() - t0, peak, "".join(err_lines)
@@ -161,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         params = {**sections[nb.stem], "profile": args.profile, "out_dir": str(out), "figures_dir": str(figs)}
         executed = out / "notebooks" / nb.name
         print(f"[run_all] {nb.stem} ...", flush=True)
-        rc, secs, peak, tail = run_notebook(nb, params, executed, args.kernel, args.log_output)
+        try:
+            rc, secs, peak, tail = run_notebook(nb, params, executed, args.kernel, args.log_output)
+        except KeyboardInterrupt:
+            print(f"\n[run_all] interrupted during {nb.stem}. Finished work is kept (checkpoints, caches and "
+                  f"tables are written atomically): run the same command again to resume.", file=sys.stderr,
+                  flush=True)
+            return 130
         status = "ok" if rc == 0 else "FAILED"
         append_log(log_path, {"finished": datetime.now().isoformat(timespec="seconds"), "profile": args.profile,
                               "notebook": nb.stem, "status": status, "wall_s": round(secs, 1),

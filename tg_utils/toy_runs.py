@@ -37,7 +37,8 @@ def model_config(P, run: str, vocab_size: int) -> ToyConfig:
 
 
 def train_config(P, run: str) -> TrainConfig:
-    return TrainConfig(max_steps=P.max_steps, batch_size=P.batch_size, grad_accum=P.grad_accum, lr=P.lr,
+    return TrainConfig(max_steps=P.max_steps, batch_size=P.batch_size, grad_accum=P.grad_accum,
+                       lr=P.lr_by_run.get(run, P.lr),
                        warmup_steps=0 if run == NO_WARMUP else P.warmup_steps, weight_decay=P.weight_decay,
                        grad_clip=P.grad_clip, eval_every=P.eval_every, eval_tokens=P.eval_tokens,
                        seed=P.seed, save_every=P.save_every,
