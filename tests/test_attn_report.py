@@ -6,6 +6,8 @@ that checks what it is handed."""
 from __future__ import annotations
 
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -356,7 +358,18 @@ def test_end_to_end_on_toy_checkpoints(tmp_path, toy_tokenizer, monkeypatch):
         assert len(tidy) > 0
     paths = R.save_tables(T, P.out_dir)
     assert len(paths) == len(T) and all(p.exists() for p in paths)
-    # the cache: a second run reads the phrase states from disk and gives the same tables
+    # the cache: a second run reads each model's report from disk (no model loaded) and gives the same tables
+    cached = sorted((tmp_path / "cache" / "attention").glob("*.pkl"))
+    assert len(cached) == 2
+    import tg_utils.models as M
+    monkeypatch.setattr(M, "load_model", lambda *a, **k: pytest.fail("a cached report loaded its model"))
     again = R.combine(R.run_models(P, progress=False, verbose=False))
-    pd.testing.assert_frame_equal(again["ellipse"], T["ellipse"])
-    pd.testing.assert_frame_equal(again["logit_lens"], T["logit_lens"])
+    for name in T:
+        pd.testing.assert_frame_equal(again[name], T[name], obj=name)
+    # a damaged report is recomputed, and other parameters give another entry
+    cached[0].write_bytes(b"truncated")
+    monkeypatch.undo()
+    monkeypatch.setattr(A, "umap_trajectory", _fake_umap([]))
+    pd.testing.assert_frame_equal(R.combine(R.run_models(P, progress=False, verbose=False))["ellipse"], T["ellipse"])
+    assert R.report_path(P, "toy:llama-preln", nouns) != R.report_path(
+        dataclasses.replace(P, top_k=4), "toy:llama-preln", nouns)

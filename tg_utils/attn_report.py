@@ -44,6 +44,7 @@ read-out; GGUF models are the dequantised quantised weights.
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -53,6 +54,7 @@ import pandas as pd
 import torch
 
 from . import attention as A
+from .paths import atomic_path
 
 NB = "07_attention_geometry"
 PROBE_NAMES = {0: "first", 1: "middle", 2: "last"}
@@ -551,21 +553,60 @@ def run_models(P, progress: bool = True, verbose: bool = True) -> dict[str, Mode
     from .models import load_model
 
     nouns = A.load_common_nouns(P.nouns_path)[:P.n_nouns]
-    torch.manual_seed(P.seed)
     reports = {}
     for spec in tqdm(P.models, desc="models", disable=not progress):
-        t0 = time.perf_counter()
-        lm = load_model(spec, dtype=P.dtype, device=P.device, out_dir=P.out_dir)
-        t_load = time.perf_counter() - t0
-        rep = analyse_model(lm, P, nouns)
-        rep.timings = {"load": t_load, **rep.timings}
+        path = report_path(P, spec, nouns)
+        rep = _read_report(path)
+        cached = rep is not None
+        if not cached:
+            torch.manual_seed(P.seed)                 # per model: a model's report does not depend on the others
+            t0 = time.perf_counter()
+            lm = load_model(spec, dtype=P.dtype, device=P.device, out_dir=P.out_dir)
+            t_load = time.perf_counter() - t0
+            rep = analyse_model(lm, P, nouns)
+            rep.timings = {"load": t_load, **rep.timings}
+            if path is not None:
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(pickle.dumps(rep))
+            del lm
+            gc.collect()
         reports[rep.label] = rep
         if verbose:
             t = ", ".join(f"{k} {v:.1f} s" for k, v in rep.timings.items())
-            print(f"{rep.summary}\n  {t}")
-        del lm
-        gc.collect()
+            print(f"{rep.summary}\n  {t}" + (" (read from the cache)" if cached else ""))
     return reports
+
+
+REPORT_VERSION = 1     # bump when analyse_model changes what it measures
+
+
+def report_path(P, spec: str, nouns: Sequence[str]):
+    """Where one model's ModelReport is cached (<out_dir>/cache/attention/), keyed by the weights' stamp,
+    every analysis parameter and the noun list; None when the weights cannot be stamped (nothing cached)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from .cache import source_stamp
+    from .paths import OutputDirs
+    canon, stamp = source_stamp(spec, P.out_dir)
+    if stamp is None:
+        return None
+    params = {k: v for k, v in asdict(P).items() if k not in ("profile", "out_dir", "figures_dir", "models")}
+    key = json.dumps([REPORT_VERSION, canon, stamp, params, list(nouns)], sort_keys=True, default=str)
+    slug = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in canon)
+    return OutputDirs.at(P.out_dir).cache / "attention" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pkl"
+
+
+def _read_report(path) -> ModelReport | None:
+    """A cached report, or None when there is none or it cannot be read (then it is recomputed)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        rep = pickle.loads(path.read_bytes())
+    except Exception:                                # truncated or from another code version
+        return None
+    return rep if isinstance(rep, ModelReport) else None
 
 
 TABLES = ("norm_tokens", "norm_stats", "coverage", "curves", "directions", "nouns", "ellipse")
