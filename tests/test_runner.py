@@ -94,7 +94,8 @@ def test_unknown_profile_and_notebook():
     assert r.returncode == 2 and "unknown profile 'nope'" in r.stderr
 
 
-def test_ctrl_c_stops_the_kernel_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])     # Ctrl-C, kill
+def test_interrupt_stops_the_kernel_and_says_how_to_resume(tmp_path, sig):
     import signal
     import time
 
@@ -109,7 +110,7 @@ def test_ctrl_c_stops_the_kernel_and_says_how_to_resume(tmp_path):
         time.sleep(0.1)
     children = psutil.Process(p.pid).children(recursive=True)      # papermill and its kernel
     assert children
-    p.send_signal(signal.SIGINT)                                     # what Ctrl-C sends to the runner
+    p.send_signal(getattr(signal, sig))
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130
     assert "interrupted during 01_train_toy_models" in err and "run the same command again" in err

@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,11 @@ def append_log(path: Path, row: dict) -> None:
         w.writerow(row)
 
 
+def _interrupt(signum, frame):
+    """`kill` (SIGTERM) stops a run like Ctrl-C: papermill and its kernel are stopped, the hint printed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="default")
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_all.sh: {e}", file=sys.stderr)
         return 2
 
+    signal.signal(signal.SIGTERM, _interrupt)
     out, figs = output_root(args.profile, args.out), figures_root(args.profile, args.out)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "run_log.csv"
