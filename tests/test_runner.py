@@ -116,3 +116,12 @@ def test_interrupt_stops_the_kernel_and_says_how_to_resume(tmp_path, sig):
     assert "interrupted during 01_train_toy_models" in err and "run the same command again" in err
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left running: {[c.cmdline() for c in alive]}"
+
+
+def test_missing_corpus_file_stops_the_run_before_any_notebook(tmp_path):
+    root = _make_root(tmp_path, "pass")
+    (root / "params" / "smoke.yaml").write_text("01_train_toy_models:\n  corpus: text\n  corpus_path: no/such.txt\n")
+    r = _run(root, "--profile", "smoke", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert "section 01_train_toy_models: parameter 'corpus_path'" in r.stderr and "does not exist" in r.stderr
+    assert not (tmp_path / "out").exists()

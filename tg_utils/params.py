@@ -107,6 +107,15 @@ class NotebookParams:
             raise ParameterError(f"parameter 'profile': unknown profile {self.profile!r}; "
                                  f"available: {', '.join(available_profiles())}")
 
+    def check_inputs(self) -> None:
+        """Checks of what must exist on this machine before the notebook runs (files named by parameters).
+        Separate from check(): a profile for another machine (paper) still validates here. The runner
+        calls it for every notebook it is about to run; subclasses extend it."""
+        corpus, path = getattr(self, "corpus", None), getattr(self, "corpus_path", None)
+        if corpus in ("wikitext", "text") and path and not resolve(path).exists():
+            raise ParameterError(f"parameter 'corpus_path': {resolve(path)} does not exist (corpus={corpus!r}); "
+                                 f"download it or point corpus_path at a local copy")
+
     def positive(self, *names: str) -> None:
         for n in names:
             v = getattr(self, n)
@@ -161,7 +170,9 @@ def load_params(notebook: str, namespace: dict[str, Any]) -> NotebookParams:
     values = {k: v for k, v in namespace.items()
               if not k.startswith("_") and k not in _IPYTHON_NAMES
               and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
-    return params_class(notebook).from_dict(values, notebook)
+    P = params_class(notebook).from_dict(values, notebook)
+    P.check_inputs()
+    return P
 
 
 # ---------------------------------------------------------------- profiles

@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         for nb in notebooks:
             if nb.stem not in sections:
                 raise ParameterError(f"params/{args.profile}.yaml has no section for {nb.stem}; add one")
-            params_class(nb.stem)
+            try:
+                params_class(nb.stem).from_dict({"profile": args.profile, **sections[nb.stem]}, nb.stem).check_inputs()
+            except ParameterError as e:
+                raise ParameterError(f"params/{args.profile}.yaml, section {nb.stem}: {e}") from None
     except ParameterError as e:
         print(f"run_all.sh: {e}", file=sys.stderr)
         return 2
