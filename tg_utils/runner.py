@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # also when started with SIGINT ignored (a
+                                                               # background job of a non-interactive shell)
     out, figs = output_root(args.profile, args.out), figures_root(args.profile, args.out)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "run_log.csv"
