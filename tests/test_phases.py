@@ -17,7 +17,7 @@ from tg_utils import metrics as M
 from tg_utils import phases
 from tg_utils import trajectory as T
 from tg_utils.corpus import Article, Corpus
-from tg_utils.nbparams import TrajectoryParams
+from tg_utils.params.notebooks import TrajectoryParams
 from tg_utils.params import ParameterError
 from tg_utils.tables import check_long
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .paths import resolve
+from ..paths import resolve
 
 
 class ParameterError(ValueError):
@@ -132,7 +132,7 @@ class NotebookParams:
 
 
 # ---------------------------------------------------------------- registry of notebooks
-# Each notebook module of parameters registers itself here: "NN_name" -> dataclass.
+# tg_utils.params.notebooks registers each notebook's dataclass here (importing tg_utils.params does it): "NN_name" -> dataclass.
 NOTEBOOKS: dict[str, type[NotebookParams]] = {}
 
 
@@ -143,18 +143,11 @@ def register(name: str):
     return deco
 
 
-def _ensure_registry() -> None:
-    # The dataclasses live in tg_utils.nbparams; importing it fills NOTEBOOKS.
-    from . import nbparams  # noqa: F401
-
-
 def notebook_names() -> list[str]:
-    _ensure_registry()
     return sorted(NOTEBOOKS)
 
 
 def params_class(notebook: str) -> type[NotebookParams]:
-    _ensure_registry()
     if notebook not in NOTEBOOKS:
         raise ParameterError(f"unknown notebook {notebook!r}; known: {', '.join(sorted(NOTEBOOKS))}")
     return NOTEBOOKS[notebook]
