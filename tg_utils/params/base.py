@@ -170,6 +170,25 @@ def load_params(notebook: str, namespace: dict[str, Any]) -> NotebookParams:
 
 # ---------------------------------------------------------------- profiles
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (YAML would silently keep the last)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                            "keep one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in resolve("params").glob("*.yaml"))
 
@@ -180,7 +199,10 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
     if not path.exists():
         raise ParameterError(f"unknown profile {profile!r}: no {path.relative_to(resolve('.'))}; "
                              f"available: {', '.join(available_profiles())}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:
+        raise ParameterError(f"{path}: not valid YAML: {e}".replace('"<unicode string>"', path.name)) from None
     if not isinstance(data, dict):
         raise ParameterError(f"{path}: expected one mapping per notebook")
     for nb, section in data.items():
