@@ -209,7 +209,8 @@ def _load_hf(path_or_id: str, spec: str, revision, dtype, device, device_map, lo
             raise unknown_spec(spec, f"{path_or_id} is not a Hugging Face model folder ({e})") from e
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or \
             os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
-        why = ("HF_HUB_OFFLINE=1 is set" if offline else "the hub could not be reached or has no such model")
+        why = ("HF_HUB_OFFLINE=1 is set: run_all.sh sets it for every profile but paper" if offline
+               else "the hub could not be reached or has no such model")
         raise unknown_spec(
             spec, f"it is not an offline spec or a local directory, and as a hub id it needs a network "
                   f"({why}). Use a local directory (config.json + weights + tokenizer), or unset "
