@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .extract import States, _as_id_lists, extract_states, resolve_layers
-from .models import LoadedModel, ModelSpec, converted_dir, load_model
+from .models import OFFLINE_SPECS, LoadedModel, ModelSpec, converted_dir, load_model
 from .models.load import torch_dtype
 from .paths import OutputDirs, atomic_path, resolve, write_text_atomic
 
