@@ -156,7 +156,7 @@ def test_geometry_without_kept_states_equals_cached_and_stores_nothing(tmp_path,
     kw = dict(prompt_ids=sp.prompt_ids, shuffle_index=1, k_max=8, progress=False, lm=tiny_lm)
     lean = geometry_table("tiny-llama", sp.at(1), tmp_path / "lean", keep_states=False, **kw)
     assert not (tmp_path / "lean" / "cache" / "states").exists()
-    assert len(list((tmp_path / "lean" / "cache" / "geometry").glob("*.csv"))) == 1    # the table is cached
+    assert len(list((tmp_path / "lean" / "cache" / "geometry").glob("*/table.parquet"))) == 1   # the table is cached
     kept = geometry_table("tiny-llama", sp.at(1), tmp_path / "kept", **kw)
     assert (tmp_path / "kept" / "cache" / "states").exists()
     pd.testing.assert_frame_equal(lean, kept)

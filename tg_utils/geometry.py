@@ -1,6 +1,6 @@
 """Layer profiles of token point clouds for whole models: states from the activation cache, metrics
 from tg_utils.metrics, results as long tables (model, revision, prompt_id, shuffle_index, layer,
-metric, value), themselves cached so a re-run reads them back.
+metric, value), themselves cached (tg_utils.store) so a re-run reads them back.
 
 Layers follow transformers' `hidden_states` convention, the one token_geometry uses: layer 0 is the
 embedding output, layer l < L the output of block l, and layer L the final-normed output (what the
@@ -14,9 +14,6 @@ curve `id_s{n1}` for n1 = 1, 2, 4, ..., `chi_{k}` between layer l and l+1 (store
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -24,24 +21,18 @@ import pandas as pd
 import torch
 
 from . import metrics as M
-from .paths import OutputDirs, atomic_path
+from .models import ModelSpec
+from .paths import OutputDirs
+from .store import cache_key, cached_table
 
-GEOMETRY_VERSION = 1     # bump when the rows written here change: invalidates cached tables
+# bump when the rows written here change: invalidates cached tables (2: verified parquet via tg_utils.store)
+GEOMETRY_VERSION = 2
+TABLE_COLUMNS = ["model", "revision", "prompt_id", "shuffle_index", "layer", "metric", "value"]
 
 
 def split_spec(spec: str, out_dir="outputs") -> tuple[str, str]:
-    """(model, revision) for tables: 'toy:run@12' -> ('toy:run', 'step12'); a toy spec without a step
-    names its last checkpoint; 'id@rev' -> ('id', 'rev'); else (spec, '')."""
-    if spec.startswith("toy:"):
-        run, _, step = spec[4:].partition("@")
-        if not step:
-            from .toy_runs import run_dir
-            from .train import list_checkpoints
-            steps = list_checkpoints(run_dir(out_dir, run))
-            step = str(steps[-1]) if steps else "last"
-        return f"toy:{run}", f"step{step}"
-    model, _, rev = spec.partition("@")
-    return model, rev
+    """(model, revision) table columns of a spec (ModelSpec.table_key)."""
+    return ModelSpec.parse(spec).table_key(out_dir)
 
 
 def profile_layers(desc) -> list[int]:
@@ -83,59 +74,57 @@ def model_prompts(lm, corpus, split: str, n_tokens: int, n_prompts: int, bos: bo
     return ps
 
 
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def geometry_table(spec: str, prompts: Sequence[Sequence[int]], out_dir="outputs",
                    prompt_ids: Sequence[int] | None = None, shuffle_index: int = 0,
                    range_max: int = 256, k_max: int = 31, batch_size: int = 4, revision: str | None = None,
                    skip_first: int = 0, progress: bool = True, lm=None, keep_states: bool = True) -> pd.DataFrame:
     """The long table of one model on a prompt set (prompts as token ids, equal or different lengths).
-    Reads it from <out_dir>/cache/geometry/ when it was computed before with the same inputs; else
-    reads or extracts the states through the activation cache and computes every prompt's profile.
-    skip_first: leading positions left out of the clouds (a BOS), still part of the forward pass.
-    keep_states=False extracts in memory without writing the states to the activation cache (the table
-    is still cached; notebook 04's shuffled prompts are read once, so storing them would only cost disk)."""
-    from .cache import cached_states, prompts_hash, source_stamp
-    from .extract import resolve_layers  # noqa: F401  (import check: extraction stack available)
-    prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+    spec: any model spec ('org/name@rev' included; `revision` may also be given apart).
+    Reads it from <out_dir>/cache/geometry/<key>/ when it was computed before with the same inputs and
+    verifies (tg_utils.store); else reads or extracts the states through the activation cache and
+    computes every prompt's profile. skip_first: leading positions left out of the clouds (a BOS), still
+    part of the forward pass. keep_states=False extracts in memory without writing the states to the
+    activation cache (the table is still cached; notebook 04's shuffled prompts are read once, so storing
+    them would only cost disk)."""
+    from tqdm.auto import tqdm
+    from .cache import prompts_hash
+    prompt_ids = list(range(len(prompts))) if prompt_ids is None else [int(p) for p in prompt_ids]
     if len(prompt_ids) != len(prompts):
         raise ValueError(f"{len(prompt_ids)} prompt ids for {len(prompts)} prompts")
     min_len = min(len(p) for p in prompts) - skip_first
     k_eff = min(k_max, min_len - 2)
     if k_eff < 1:
         raise ValueError(f"prompts of {min_len} tokens are too short for neighbourhood overlap; use >= 3 tokens")
-    model, rev = split_spec(spec if revision is None else f"{spec}@{revision}", out_dir)
-    key = _key(GEOMETRY_VERSION, spec, revision, source_stamp(spec, out_dir), prompts_hash(prompts),
-               prompt_ids, shuffle_index, range_max, k_eff, skip_first)
-    path = OutputDirs.at(out_dir).cache / "geometry" / f"{key}.csv"
-    if path.exists():
-        df = pd.read_csv(path, keep_default_na=False, na_values=["NaN", "nan"])   # keep revision "" as ""
-        return df.assign(value=pd.to_numeric(df["value"], errors="coerce"))        # older files: "" = NaN
-    if lm is None:
-        from .models import load_model
-        lm = load_model(spec, revision=revision, out_dir=out_dir)
-    if keep_states:
-        st = profile_states(lm, prompts, out_dir, batch_size, progress)
-    else:
-        from .extract import extract_states
-        st = extract_states(lm, prompts, layers=profile_layers(lm.desc), positions="all", batch_size=batch_size,
-                            progress=progress)
-    frames = []
-    from tqdm.auto import tqdm
-    for i, (pid, X) in enumerate(tqdm(list(zip(prompt_ids, st.states)), desc=f"geometry {spec}",
-                                      disable=not progress, leave=False)):
-        lp = M.layer_profile(X[:, skip_first:].to(torch.float64), range_max=range_max, k_max=k_eff)
-        rows = profile_rows(lp, k_eff)
-        rows = pd.concat([rows, pd.DataFrame({"layer": [-1], "metric": ["loss"],
-                                              "value": [float(st.loss[i])]})], ignore_index=True)
-        frames.append(rows.assign(prompt_id=pid))
-    df = pd.concat(frames, ignore_index=True).assign(model=model, revision=rev, shuffle_index=shuffle_index)
-    df = df[["model", "revision", "prompt_id", "shuffle_index", "layer", "metric", "value"]]
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, na_rep="NaN")
-    return df
+    ms = ModelSpec.parse(spec, revision)
+    model, rev = ms.table_key(out_dir)
+    model_dtype = "float32" if lm is None else str(lm.desc.dtype).replace("torch.", "")
+    canonical = ModelSpec.parse(str(ms))          # 'id@rev' and ('id', revision='rev') name one table
+    key = cache_key("geometry", GEOMETRY_VERSION, str(canonical), canonical.stamp(out_dir), model_dtype,
+                    prompts_hash(prompts), prompt_ids, int(shuffle_index), range_max, k_eff, skip_first)
+
+    def compute() -> pd.DataFrame:
+        nonlocal lm
+        if lm is None:
+            from .models import load_model
+            lm = load_model(spec, revision=revision, out_dir=out_dir)
+        if keep_states:
+            st = profile_states(lm, prompts, out_dir, batch_size, progress)
+        else:
+            from .extract import extract_states
+            st = extract_states(lm, prompts, layers=profile_layers(lm.desc), positions="all",
+                                batch_size=batch_size, progress=progress)
+        frames = []
+        for i, (pid, X) in enumerate(tqdm(list(zip(prompt_ids, st.states)), desc=f"geometry {spec}",
+                                          disable=not progress, leave=False)):
+            lp = M.layer_profile(X[:, skip_first:].to(torch.float64), range_max=range_max, k_max=k_eff)
+            rows = profile_rows(lp, k_eff)
+            rows = pd.concat([rows, pd.DataFrame({"layer": [-1], "metric": ["loss"],
+                                                  "value": [float(st.loss[i])]})], ignore_index=True)
+            frames.append(rows.assign(prompt_id=pid))
+        df = pd.concat(frames, ignore_index=True).assign(model=model, revision=rev, shuffle_index=shuffle_index)
+        return df[TABLE_COLUMNS]
+
+    return cached_table(OutputDirs.at(out_dir).cache / "geometry" / key, key, compute)
 
 
 def profile_states(lm, prompts, out_dir="outputs", batch_size: int = 4, progress: bool = True, **extract_kwargs):
@@ -211,7 +200,7 @@ def run_model(spec: str, P, corpus, progress: bool = True, **load_kwargs):
 
 def norm_rows(spec: str, lm, st, skip_first: int, out_dir="outputs") -> pd.DataFrame:
     """Mean state norm per layer of one model, as tidy rows with relative depth."""
-    model, rev = split_spec(spec, out_dir)
+    model, rev = ModelSpec.parse(spec).table_key(out_dir)
     norms = mean_norms(st, skip_first)
     L = len(norms) - 1
     return pd.DataFrame({"model": model, "revision": rev, "layer": np.arange(L + 1),
@@ -252,7 +241,7 @@ def plot_scale_curves(long: pd.DataFrame, specs: Sequence[str], out_dir="outputs
     import matplotlib.pyplot as plt
     from .plots import _label
     curves = scale_curves(long)
-    keys = [split_spec(s, out_dir) for s in specs]
+    keys = [ModelSpec.parse(s).table_key(out_dir) for s in specs]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False, sharey=True)
     shown = []
     for ax, (model, rev) in zip(axes[0], keys):

@@ -7,16 +7,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .models.spec import table_label
+
 METRIC_LABELS = {"cos_full": "mean cosine similarity (diagonal incl.)",
                  "cos_offdiag": "mean cosine similarity (off-diagonal)",
                  "id": "intrinsic dimension (GRIDE, n1=1)", "chi_1": "neighbourhood overlap chi_1 (l, l+1)",
                  "loss": "next-token loss (nats)"}
 
 
-def _label(model: str, revision: str) -> str:
-    if model.startswith("toy:"):
-        return f"{model[4:]} ({'random' if revision == 'step0' else 'trained'})"
-    return model + (f"@{revision}" if revision else "")
+_label = table_label
 
 
 def with_labels(df: pd.DataFrame) -> pd.DataFrame:
