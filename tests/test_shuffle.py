@@ -13,6 +13,7 @@ from scipy import stats
 
 from tg_utils import shuffle
 from tg_utils.corpus import Article, Corpus
+from tg_utils.data import prompts
 from tg_utils.params import ParameterError
 from tg_utils.tables import LONG_COLUMNS, check_long
 
@@ -32,7 +33,7 @@ def blocks(p, k):
 
 @pytest.mark.parametrize("S", [1, 2, 3])
 def test_shuffle_is_a_permutation_of_blocks_keeping_the_tokens(S):
-    out = shuffle.shuffled_prompts(PROMPTS, S, seed=3)
+    out = prompts.shuffled_prompts(PROMPTS, S, seed=3)
     k = 4 ** S
     for p, q in zip(PROMPTS, out):
         assert len(q) == len(p) and Counter(q) == Counter(p)             # the token multiset is kept
@@ -41,46 +42,46 @@ def test_shuffle_is_a_permutation_of_blocks_keeping_the_tokens(S):
 
 
 def test_s0_is_the_identity_and_a_copy():
-    out = shuffle.shuffled_prompts(PROMPTS, 0, seed=3)
+    out = prompts.shuffled_prompts(PROMPTS, 0, seed=3)
     assert out == PROMPTS
     out[0][0] = -1
     assert PROMPTS[0][0] != -1
 
 
 def test_seeded_per_seed_prompt_and_s():
-    a = shuffle.shuffled_prompts(PROMPTS, 3, seed=1)
-    assert a == shuffle.shuffled_prompts(PROMPTS, 3, seed=1)                # same seed: same permutation
-    assert a != shuffle.shuffled_prompts(PROMPTS, 3, seed=2)                # another seed: another one
+    a = prompts.shuffled_prompts(PROMPTS, 3, seed=1)
+    assert a == prompts.shuffled_prompts(PROMPTS, 3, seed=1)                # same seed: same permutation
+    assert a != prompts.shuffled_prompts(PROMPTS, 3, seed=2)                # another seed: another one
     same = [PROMPTS[0]] * 3                                                 # equal prompts, different ids
-    outs = shuffle.shuffled_prompts(same, 3, seed=1)
+    outs = prompts.shuffled_prompts(same, 3, seed=1)
     assert len({tuple(o) for o in outs}) == 3
     # a prompt's permutation depends on its id, not on its position in the list
-    assert shuffle.shuffled_prompts([PROMPTS[2]], 3, 1, prompt_ids=[2])[0] == a[2]
-    assert len({shuffle.shuffle_seed(0, p, s) for p in range(5) for s in range(6)}) == 30
+    assert prompts.shuffled_prompts([PROMPTS[2]], 3, 1, prompt_ids=[2])[0] == a[2]
+    assert len({prompts.shuffle_seed(0, p, s) for p in range(5) for s in range(6)}) == 30
 
 
 def test_bos_stays_first_and_is_not_shuffled():
     with_bos = [[2] + p for p in PROMPTS]
-    out = shuffle.shuffled_prompts(with_bos, 3, seed=0, keep_first=1)
+    out = prompts.shuffled_prompts(with_bos, 3, seed=0, keep_first=1)
     for p, q in zip(with_bos, out):
         assert q[0] == 2 and Counter(q) == Counter(p)
         assert sorted(blocks(q[1:], 64)) == sorted(blocks(p[1:], 64))
-    assert [q[1:] for q in out] == shuffle.shuffled_prompts(PROMPTS, 3, seed=0)   # same permutation of the text
+    assert [q[1:] for q in out] == prompts.shuffled_prompts(PROMPTS, 3, seed=0)   # same permutation of the text
     with pytest.raises(ValueError, match="divisible"):
-        shuffle.shuffled_prompts([[2] + PROMPTS[0][:60]], 2, seed=0, keep_first=1)
+        prompts.shuffled_prompts([[2] + PROMPTS[0][:60]], 2, seed=0, keep_first=1)
 
 
 @pytest.mark.parametrize("context, n, special, expect", [
     (8192, 1024, 0, 1024), (32768, 1024, 1, 1024), (256, 1024, 0, 256), (1024, 1024, 1, 256),
     (48, 1024, 1, 16), (0, 1000, 0, 1000), (2048, 1000, 0, 1000)])
 def test_prompt_length(context, n, special, expect):
-    assert shuffle.prompt_length(context, n, special) == expect
+    assert prompts.prompt_length(context, n, special) == expect
 
 
 def test_usable_shuffle_indices():
-    assert shuffle.usable_shuffle_indices(1024, range(6)) == [0, 1, 2, 3, 4, 5]
-    assert shuffle.usable_shuffle_indices(256, [5, 0, 1, 2, 3, 4]) == [0, 1, 2, 3, 4]
-    assert shuffle.usable_shuffle_indices(48, range(6)) == [0, 1, 2]
+    assert prompts.usable_shuffle_indices(1024, range(6)) == [0, 1, 2, 3, 4, 5]
+    assert prompts.usable_shuffle_indices(256, [5, 0, 1, 2, 3, 4]) == [0, 1, 2, 3, 4]
+    assert prompts.usable_shuffle_indices(48, range(6)) == [0, 1, 2]
 
 
 @pytest.fixture(scope="module")
@@ -96,39 +97,39 @@ def tiny_corpus():
 
 
 def test_builder_sizes_n_to_the_context_and_adds_windows(tiny_lm, tiny_corpus):
-    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 1024, 3, bos=False,
+    sp = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 1024, 3, bos=False,
                                        shuffle_indices=range(6), seed=0)
     # context 48 < 1024: the largest power of 4 that fits, 16 (S = 0, 1, 2)
     assert sp.n_tokens == 16 and sp.shuffle_indices == [0, 1, 2] and sp.per_article == 1
     assert [len(p) for p in sp.ids] == [16] * 3 and sp.keep_first == 0
-    fits = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 40, 3, False, range(6), 0)
+    fits = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 40, 3, False, range(6), 0)
     assert fits.n_tokens == 40 and fits.shuffle_indices == [0, 1]                    # 40 fits; 4 | 40, 16 does not
-    more = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 16, 7, bos=False,
+    more = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 16, 7, bos=False,
                                          shuffle_indices=[0, 1, 2], seed=0)
     assert more.per_article == 3 and len(more) == 7 and more.n_tokens == 16          # 3 articles: 3 windows
     assert more.ids[0] == sp.ids[0] and more.sources[:4] == ["a0#0", "a0#1", "a0#2", "a1#0"]
     assert more.info()["articles"] == 3
     with pytest.raises(ValueError, match="lower n_prompts"):
-        shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 16, 500, False, [0], 0, max_per_article=2)
+        prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 16, 500, False, [0], 0, max_per_article=2)
 
 
 def test_builder_with_bos(tiny_lm, tiny_corpus):
     bos = tiny_lm.desc.bos_token_id
-    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 1024, 3, bos=True,
+    sp = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 1024, 3, bos=True,
                                        shuffle_indices=range(6), seed=5)
     assert sp.bos and sp.n_tokens == 16 and sp.shuffle_indices == [0, 1, 2]          # 48 - 1 -> 16
     for S in sp.shuffle_indices:
         for p, q in zip(sp.ids, sp.at(S)):
             assert len(q) == 17 and q[0] == bos and Counter(q) == Counter(p)
     assert sp.at(0) == sp.ids and sp.at(2) is sp.at(2)
-    assert sp.at(2) == shuffle.shuffled_prompts(sp.ids, 2, 5, keep_first=1)
+    assert sp.at(2) == prompts.shuffled_prompts(sp.ids, 2, 5, keep_first=1)
     info = sp.info()
     assert info["positions"] == 17 and info["n_prompts"] == 3 and info["shuffle_indices"] == "0 1 2"
 
 
 def test_geometry_at_every_s_schema_and_bos_left_out(tmp_path, tiny_lm, tiny_corpus):
     from tg_utils.geometry import geometry_table
-    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=True, shuffle_indices=[0, 1, 2],
+    sp = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=True, shuffle_indices=[0, 1, 2],
                                        seed=0)
     assert sp.n_tokens == 32 and len(sp.ids[0]) == 33
     long = pd.concat([geometry_table("tiny-llama", sp.at(s), tmp_path, prompt_ids=sp.prompt_ids, shuffle_index=s,
@@ -151,7 +152,7 @@ def test_geometry_at_every_s_schema_and_bos_left_out(tmp_path, tiny_lm, tiny_cor
 
 def test_geometry_without_kept_states_equals_cached_and_stores_nothing(tmp_path, tiny_lm, tiny_corpus):
     from tg_utils.geometry import geometry_table
-    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=False, shuffle_indices=[0, 1],
+    sp = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=False, shuffle_indices=[0, 1],
                                        seed=0)
     kw = dict(prompt_ids=sp.prompt_ids, shuffle_index=1, k_max=8, progress=False, lm=tiny_lm)
     lean = geometry_table("tiny-llama", sp.at(1), tmp_path / "lean", keep_states=False, **kw)

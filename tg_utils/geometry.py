@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from . import metrics as M
+from .data.prompts import model_prompts
 from .models import ModelSpec
 from .paths import OutputDirs
 from .store import cache_key, cached_table
@@ -53,25 +54,6 @@ def profile_rows(lp: M.LayerProfile, k_max: int) -> pd.DataFrame:
         parts.append((f"chi_{k}", layer[:-1], lp.chi[:, k]))
     return pd.concat([pd.DataFrame({"layer": l, "metric": m, "value": np.asarray(v, dtype=float)})
                       for m, l, v in parts], ignore_index=True)
-
-
-def model_prompts(lm, corpus, split: str, n_tokens: int, n_prompts: int, bos: bool = False,
-                  per_article: int = 1):
-    """The prompt set of one model: the first n_tokens tokens (its own tokenizer) of the split's
-    articles; with `bos` the model's BOS/CLS id in front (one more position, dropped from the clouds
-    by geometry_table(skip_first=1)). Refuses prompts longer than the model's context."""
-    from .corpus import build_prompts
-    ps = build_prompts(corpus.split(split), lm.tokenizer, n_tokens, n_prompts, per_article=per_article)
-    if bos:
-        bos_id = lm.desc.bos_token_id
-        if bos_id is None:
-            raise ValueError(f"{lm.spec} has no BOS/CLS token: remove it from bos_models")
-        ps.ids = [[bos_id] + p for p in ps.ids]
-        ps.bos = True
-    if len(ps.ids[0]) > lm.desc.context:
-        raise ValueError(f"{lm.spec}: prompts of {len(ps.ids[0])} positions exceed its context of "
-                         f"{lm.desc.context}; lower n_tokens")
-    return ps
 
 
 def geometry_table(spec: str, prompts: Sequence[Sequence[int]], out_dir="outputs",
