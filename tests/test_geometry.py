@@ -94,3 +94,35 @@ def test_revision_in_the_spec_or_apart_names_one_table(tmp_path, tiny_lm, capsys
     plain = table(tmp_path, tiny_lm)
     assert (plain.revision == "").all()
     np.testing.assert_array_equal(plain.value.to_numpy(), at.value.to_numpy())
+
+
+def test_labels_and_profile_figures():
+    """Legend labels as the tables name models (toy runs random / trained, others model@revision), and the
+    profile figures of notebooks 02, 03 and 05 drawing a constructed table."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tg_utils.geometry import cosine_matrix, profile_summary
+    from tg_utils.plots import profiles, style
+    rng = np.random.default_rng(3)
+    rows = []
+    for model, rev in (("toy:x", "step0"), ("toy:x", "step9"), ("org/m", "r1"), ("smollm2-135m", "")):
+        for p in range(3):
+            for layer in range(4):
+                for metric in ("cos_full", "id", "id_s1", "id_s2", "chi_1"):
+                    if metric != "chi_1" or layer < 3:
+                        rows.append((model, rev, p, 0, layer, metric, float(rng.random())))
+    long = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    summary = style.with_labels(profile_summary(long, ("cos_full", "id", "chi_1"), n_boot=20))
+    labels = list(dict.fromkeys(summary.label))
+    assert labels == ["org/m@r1", "smollm2-135m", "x (random)", "x (trained)"]
+    assert style.by_training(summary.label) == (["org/m@r1", "smollm2-135m", "x (trained)"], ["x (random)"])
+    norms = pd.DataFrame({"model": "toy:x", "revision": "step9", "layer": range(4),
+                          "relative_depth": np.arange(4) / 3, "mean_norm": [1.0, 2.0, 3.0, 2.0]})
+    mats = {"x (trained)": {0: cosine_matrix(rng.normal(size=(5, 3))), 3: cosine_matrix(rng.normal(size=(5, 3)))}}
+    for fig, tidy in (profiles.plot_norms(norms), profiles.plot_profiles(summary, ["cos_full", "id"]),
+                      profiles.plot_differences(summary, [("x (trained)", "x (random)")], "id"),
+                      profiles.plot_heatmaps(mats), profiles.plot_scale_curves(long, [("toy:x", "step9"), ("org/m", "r1")])):
+        assert len(tidy)
+        plt.close(fig)
+    assert np.allclose(np.diag(mats["x (trained)"][0]), 1.0)
