@@ -1,5 +1,5 @@
-"""The shuffle experiment and model comparison (tg_utils.shuffle): the shuffled prompt sets built on
-corpus.shuffle_blocks (tested itself in test_corpus.py), N per context, the per-prompt peak
+"""The shuffle experiment and model comparison (tg_utils.data.prompts, tg_utils.experiments.nb04/nb05,
+tg_utils.plots.shuffle): the shuffled prompt sets built on corpus.shuffle_blocks (tested itself in test_corpus.py), N per context, the per-prompt peak
 comparison, the ID-loss correlation, the summary table, and the long-table schema of every output.
 No network: tiny randomly initialised models and constructed tables."""
 from __future__ import annotations
@@ -11,8 +11,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tg_utils import shuffle
 from tg_utils.corpus import Article, Corpus
+from tg_utils.data import prompts
+from tg_utils.experiments import nb02_extract_states as nb02
+from tg_utils.experiments import nb04_shuffle_experiment as nb04
+from tg_utils.experiments import nb05_model_comparison as nb05
+from tg_utils.geometry import geometry_table, profile_summary
+from tg_utils.plots import profiles, shuffle as shuffle_plots
 from tg_utils.params import ParameterError
 from tg_utils.tables import LONG_COLUMNS, check_long
 
@@ -32,7 +37,7 @@ def blocks(p, k):
 
 @pytest.mark.parametrize("S", [1, 2, 3])
 def test_shuffle_is_a_permutation_of_blocks_keeping_the_tokens(S):
-    out = shuffle.shuffled_prompts(PROMPTS, S, seed=3)
+    out = prompts.shuffled_prompts(PROMPTS, S, seed=3)
     k = 4 ** S
     for p, q in zip(PROMPTS, out):
         assert len(q) == len(p) and Counter(q) == Counter(p)             # the token multiset is kept
@@ -41,46 +46,46 @@ def test_shuffle_is_a_permutation_of_blocks_keeping_the_tokens(S):
 
 
 def test_s0_is_the_identity_and_a_copy():
-    out = shuffle.shuffled_prompts(PROMPTS, 0, seed=3)
+    out = prompts.shuffled_prompts(PROMPTS, 0, seed=3)
     assert out == PROMPTS
     out[0][0] = -1
     assert PROMPTS[0][0] != -1
 
 
 def test_seeded_per_seed_prompt_and_s():
-    a = shuffle.shuffled_prompts(PROMPTS, 3, seed=1)
-    assert a == shuffle.shuffled_prompts(PROMPTS, 3, seed=1)                # same seed: same permutation
-    assert a != shuffle.shuffled_prompts(PROMPTS, 3, seed=2)                # another seed: another one
+    a = prompts.shuffled_prompts(PROMPTS, 3, seed=1)
+    assert a == prompts.shuffled_prompts(PROMPTS, 3, seed=1)                # same seed: same permutation
+    assert a != prompts.shuffled_prompts(PROMPTS, 3, seed=2)                # another seed: another one
     same = [PROMPTS[0]] * 3                                                 # equal prompts, different ids
-    outs = shuffle.shuffled_prompts(same, 3, seed=1)
+    outs = prompts.shuffled_prompts(same, 3, seed=1)
     assert len({tuple(o) for o in outs}) == 3
     # a prompt's permutation depends on its id, not on its position in the list
-    assert shuffle.shuffled_prompts([PROMPTS[2]], 3, 1, prompt_ids=[2])[0] == a[2]
-    assert len({shuffle.shuffle_seed(0, p, s) for p in range(5) for s in range(6)}) == 30
+    assert prompts.shuffled_prompts([PROMPTS[2]], 3, 1, prompt_ids=[2])[0] == a[2]
+    assert len({prompts.shuffle_seed(0, p, s) for p in range(5) for s in range(6)}) == 30
 
 
 def test_bos_stays_first_and_is_not_shuffled():
     with_bos = [[2] + p for p in PROMPTS]
-    out = shuffle.shuffled_prompts(with_bos, 3, seed=0, keep_first=1)
+    out = prompts.shuffled_prompts(with_bos, 3, seed=0, keep_first=1)
     for p, q in zip(with_bos, out):
         assert q[0] == 2 and Counter(q) == Counter(p)
         assert sorted(blocks(q[1:], 64)) == sorted(blocks(p[1:], 64))
-    assert [q[1:] for q in out] == shuffle.shuffled_prompts(PROMPTS, 3, seed=0)   # same permutation of the text
+    assert [q[1:] for q in out] == prompts.shuffled_prompts(PROMPTS, 3, seed=0)   # same permutation of the text
     with pytest.raises(ValueError, match="divisible"):
-        shuffle.shuffled_prompts([[2] + PROMPTS[0][:60]], 2, seed=0, keep_first=1)
+        prompts.shuffled_prompts([[2] + PROMPTS[0][:60]], 2, seed=0, keep_first=1)
 
 
 @pytest.mark.parametrize("context, n, special, expect", [
     (8192, 1024, 0, 1024), (32768, 1024, 1, 1024), (256, 1024, 0, 256), (1024, 1024, 1, 256),
     (48, 1024, 1, 16), (0, 1000, 0, 1000), (2048, 1000, 0, 1000)])
 def test_prompt_length(context, n, special, expect):
-    assert shuffle.prompt_length(context, n, special) == expect
+    assert prompts.prompt_length(context, n, special) == expect
 
 
 def test_usable_shuffle_indices():
-    assert shuffle.usable_shuffle_indices(1024, range(6)) == [0, 1, 2, 3, 4, 5]
-    assert shuffle.usable_shuffle_indices(256, [5, 0, 1, 2, 3, 4]) == [0, 1, 2, 3, 4]
-    assert shuffle.usable_shuffle_indices(48, range(6)) == [0, 1, 2]
+    assert prompts.usable_shuffle_indices(1024, range(6)) == [0, 1, 2, 3, 4, 5]
+    assert prompts.usable_shuffle_indices(256, [5, 0, 1, 2, 3, 4]) == [0, 1, 2, 3, 4]
+    assert prompts.usable_shuffle_indices(48, range(6)) == [0, 1, 2]
 
 
 @pytest.fixture(scope="module")
@@ -96,39 +101,38 @@ def tiny_corpus():
 
 
 def test_builder_sizes_n_to_the_context_and_adds_windows(tiny_lm, tiny_corpus):
-    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 1024, 3, bos=False,
+    sp = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 1024, 3, bos=False,
                                        shuffle_indices=range(6), seed=0)
     # context 48 < 1024: the largest power of 4 that fits, 16 (S = 0, 1, 2)
     assert sp.n_tokens == 16 and sp.shuffle_indices == [0, 1, 2] and sp.per_article == 1
     assert [len(p) for p in sp.ids] == [16] * 3 and sp.keep_first == 0
-    fits = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 40, 3, False, range(6), 0)
+    fits = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 40, 3, False, range(6), 0)
     assert fits.n_tokens == 40 and fits.shuffle_indices == [0, 1]                    # 40 fits; 4 | 40, 16 does not
-    more = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 16, 7, bos=False,
+    more = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 16, 7, bos=False,
                                          shuffle_indices=[0, 1, 2], seed=0)
     assert more.per_article == 3 and len(more) == 7 and more.n_tokens == 16          # 3 articles: 3 windows
     assert more.ids[0] == sp.ids[0] and more.sources[:4] == ["a0#0", "a0#1", "a0#2", "a1#0"]
     assert more.info()["articles"] == 3
     with pytest.raises(ValueError, match="lower n_prompts"):
-        shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 16, 500, False, [0], 0, max_per_article=2)
+        prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 16, 500, False, [0], 0, max_per_article=2)
 
 
 def test_builder_with_bos(tiny_lm, tiny_corpus):
     bos = tiny_lm.desc.bos_token_id
-    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 1024, 3, bos=True,
+    sp = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 1024, 3, bos=True,
                                        shuffle_indices=range(6), seed=5)
     assert sp.bos and sp.n_tokens == 16 and sp.shuffle_indices == [0, 1, 2]          # 48 - 1 -> 16
     for S in sp.shuffle_indices:
         for p, q in zip(sp.ids, sp.at(S)):
             assert len(q) == 17 and q[0] == bos and Counter(q) == Counter(p)
     assert sp.at(0) == sp.ids and sp.at(2) is sp.at(2)
-    assert sp.at(2) == shuffle.shuffled_prompts(sp.ids, 2, 5, keep_first=1)
+    assert sp.at(2) == prompts.shuffled_prompts(sp.ids, 2, 5, keep_first=1)
     info = sp.info()
     assert info["positions"] == 17 and info["n_prompts"] == 3 and info["shuffle_indices"] == "0 1 2"
 
 
 def test_geometry_at_every_s_schema_and_bos_left_out(tmp_path, tiny_lm, tiny_corpus):
-    from tg_utils.geometry import geometry_table
-    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=True, shuffle_indices=[0, 1, 2],
+    sp = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=True, shuffle_indices=[0, 1, 2],
                                        seed=0)
     assert sp.n_tokens == 32 and len(sp.ids[0]) == 33
     long = pd.concat([geometry_table("tiny-llama", sp.at(s), tmp_path, prompt_ids=sp.prompt_ids, shuffle_index=s,
@@ -142,21 +146,20 @@ def test_geometry_at_every_s_schema_and_bos_left_out(tmp_path, tiny_lm, tiny_cor
     l0 = long[(long.metric == "id") & (long.layer == 0)].pivot(index="prompt_id", columns="shuffle_index",
                                                                 values="value")
     assert np.allclose(l0[0], l0[1]) and np.allclose(l0[0], l0[2])
-    for out in (shuffle.peaks_long(shuffle.peaks(long)), shuffle.comparison_long(shuffle.peak_comparison(long)),
-                shuffle.correlation_long(shuffle.id_loss_correlation(long)),
-                shuffle.correlation_long(shuffle.id_loss_correlation(long, pooled=True))):
+    for out in (nb04.peaks_long(nb04.peaks(long)), nb04.comparison_long(nb04.peak_comparison(long)),
+                nb04.correlation_long(nb04.id_loss_correlation(long)),
+                nb04.correlation_long(nb04.id_loss_correlation(long, pooled=True))):
         check_long(out)
         assert list(out.columns) == LONG_COLUMNS and len(out)
 
 
 def test_geometry_without_kept_states_equals_cached_and_stores_nothing(tmp_path, tiny_lm, tiny_corpus):
-    from tg_utils.geometry import geometry_table
-    sp = shuffle.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=False, shuffle_indices=[0, 1],
+    sp = prompts.build_shuffle_prompts(tiny_lm, tiny_corpus, "test", 32, 3, bos=False, shuffle_indices=[0, 1],
                                        seed=0)
     kw = dict(prompt_ids=sp.prompt_ids, shuffle_index=1, k_max=8, progress=False, lm=tiny_lm)
     lean = geometry_table("tiny-llama", sp.at(1), tmp_path / "lean", keep_states=False, **kw)
     assert not (tmp_path / "lean" / "cache" / "states").exists()
-    assert len(list((tmp_path / "lean" / "cache" / "geometry").glob("*.csv"))) == 1    # the table is cached
+    assert len(list((tmp_path / "lean" / "cache" / "geometry").glob("*/table.parquet"))) == 1   # the table is cached
     kept = geometry_table("tiny-llama", sp.at(1), tmp_path / "kept", **kw)
     assert (tmp_path / "kept" / "cache" / "states").exists()
     pd.testing.assert_frame_equal(lean, kept)
@@ -183,34 +186,34 @@ def test_peak_comparison_on_a_constructed_table():
             (1, 0): [5, 6, 7, 8, 4], (1, 1): [5, 6, 7, 8, 4], (1, 2): [5, 6, 11, 5, 4],
             (2, 0): [5, 6, 7, 20, 4], (2, 1): [5, 6, 7, 8, 4], (2, 2): [5, 6, 7, 8, 4]}
     long = table({k: {"id": v} for k, v in prof.items()})
-    pk = shuffle.peaks(long)
+    pk = nb04.peaks(long)
     assert len(pk) == 9 and set(pk.n_layers) == {4}
     p01 = pk[(pk.prompt_id == 0) & (pk.shuffle_index == 1)].iloc[0]
     assert p01.peak == 9 and p01.peak_layer == 1 and p01.peak_depth == 0.25      # tie: the first layer
-    cmp = shuffle.peak_comparison(long)
+    cmp = nb04.peak_comparison(long)
     assert (cmp.s_cmp == 2).all() and list(cmp.prompt_id) == [0, 1, 2]
     assert list(cmp.higher) == [True, True, False]
     assert list(cmp["shift"]) == [-2, -1, 0] and list(cmp.layer_ref) == [3, 3, 3]
-    f = shuffle.peak_fractions(cmp).iloc[0]
+    f = nb04.peak_fractions(cmp).iloc[0]
     assert f.n_prompts == 3 and f.frac_higher == pytest.approx(2 / 3)
     assert f.frac_earlier == pytest.approx(2 / 3) and f.frac_same == pytest.approx(1 / 3) and f.frac_later == 0
     assert f.peak_ref == pytest.approx(37 / 3) and f.peak_cmp == pytest.approx(31 / 3)
     assert f.ratio == pytest.approx(31 / 37) and f.mean_shift == pytest.approx(-1)
-    one = shuffle.peak_comparison(long, shuffled=1)
+    one = nb04.peak_comparison(long, shuffled=1)
     assert list(one.higher) == [False, False, False]
-    check_long(shuffle.comparison_long(cmp))
+    check_long(nb04.comparison_long(cmp))
     # layer 0 (the same cloud at every S) highest: over all layers nothing can be higher; from layer 1 on it can
     l0 = table({(p, s): {"id": [30, 5 + s, 4]} for p in range(3) for s in (0, 2)})
-    assert not shuffle.peak_comparison(l0).higher.any() and (shuffle.peak_comparison(l0).peak_ref == 30).all()
-    from1 = shuffle.peak_comparison(l0, min_layer=1)
+    assert not nb04.peak_comparison(l0).higher.any() and (nb04.peak_comparison(l0).peak_ref == 30).all()
+    from1 = nb04.peak_comparison(l0, min_layer=1)
     assert from1.higher.all() and (from1.peak_ref == 5).all() and (from1.peak_cmp == 7).all()
     assert (from1.layer_ref == 1).all() and (from1.min_layer == 1).all()
-    names = set(shuffle.comparison_long(from1).metric) | set(shuffle.peaks_long(shuffle.peaks(l0, min_layer=1)).metric)
+    names = set(nb04.comparison_long(from1).metric) | set(nb04.peaks_long(nb04.peaks(l0, min_layer=1)).metric)
     assert names == {"id_peak_from_l1_higher_than_s0", "id_peak_from_l1_shift_from_s0", "id_peak_from_l1",
                      "id_peak_from_l1_layer", "id_peak_from_l1_depth"}
     # models are compared each at its own largest S
     both = pd.concat([long, table({(0, 0): {"id": [1, 3, 2]}, (0, 4): {"id": [1, 2, 5]}}, model="n")])
-    c2 = shuffle.peak_comparison(both)
+    c2 = nb04.peak_comparison(both)
     assert c2[c2.model == "n"].s_cmp.tolist() == [4] and c2[c2.model == "n"].higher.tolist() == [True]
 
 
@@ -226,7 +229,7 @@ def test_id_loss_correlation_on_a_constructed_case():
                                rng.normal(),                   # layer 3: unrelated
                                lo]}                            # layer 4: exactly linear
     long = table(prof, loss)
-    corr = shuffle.id_loss_correlation(long)
+    corr = nb04.id_loss_correlation(long)
     assert set(corr.shuffle_index) == {0, 1} and (corr.n == n).all()
     for s in (0, 1):
         c = corr[corr.shuffle_index == s].set_index("layer")
@@ -235,51 +238,49 @@ def test_id_loss_correlation_on_a_constructed_case():
         ref = stats.pearsonr(x, y)
         assert c.r[1] == pytest.approx(ref.statistic, abs=1e-12) and c.p[1] == pytest.approx(ref.pvalue, rel=1e-9)
         assert np.isnan(c.r[0]) and c.r[2] < -0.9 and c.r[4] == pytest.approx(1.0)
-    pooled = shuffle.id_loss_correlation(long, pooled=True)
+    pooled = nb04.id_loss_correlation(long, pooled=True)
     assert (pooled.shuffle_index == -1).all() and (pooled.n == 2 * n).all() and len(pooled) == L
     # an encoder (no loss) is left out; a shallower model in the same table keeps its own layers
     enc = table({(p, 0): {"id": [1.0, p, 2.0 * p]} for p in range(4)},
                 {(p, 0): np.nan for p in range(4)}, model="enc")
     short = table({(p, 0): {"id": [1.0, p + rng.normal(0, 0.1)]} for p in range(4)},
                   {(p, 0): p for p in range(4)}, model="short")
-    mixed = shuffle.id_loss_correlation(pd.concat([long, enc, short]))
+    mixed = nb04.id_loss_correlation(pd.concat([long, enc, short]))
     assert "enc" not in set(mixed.model)
     s = mixed[mixed.model == "short"]
     assert list(s.layer) == [0, 1] and s.r.iloc[1] > 0.9 and (s.n == 4).all()
     # fewer than 3 prompts: no correlation
-    assert shuffle.id_loss_correlation(table({(p, 0): {"id": [1.0, p]} for p in range(2)},
+    assert nb04.id_loss_correlation(table({(p, 0): {"id": [1.0, p]} for p in range(2)},
                                              {(p, 0): p for p in range(2)})).empty
-    out = shuffle.correlation_long(corr)
+    out = nb04.correlation_long(corr)
     check_long(out)
     assert set(out.metric) == {"pearson_r_id_loss", "pearson_p_id_loss", "n_samples"} and (out.prompt_id == -1).all()
 
 
 def test_comparison_summary_and_band_means():
-    from tg_utils.geometry import profile_summary
     # L = 6: layers 0..6; middle third = layers 2, 3, 4; chi pairs (l, l+1) at depth (l + 0.5)/6
     prof = {(p, 0): {"id": [20, 5, 9 + p, 7, 6, 4, 3], "cos_full": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
                      "chi_1": [0.2, 0.3, 0.4, 0.5, 0.8, 0.9]} for p in range(3)}
     long = table(prof, {(p, 0): 3.0 + p for p in range(3)}, model="toy:x", revision="step9")
     summ = profile_summary(long, ("id", "chi_1", "cos_full"), n_boot=50)
-    t = shuffle.comparison_summary(long, summ).iloc[0]
+    t = nb05.comparison_summary(long, summ).iloc[0]
     assert t.label == "x (trained)" and t.n_layers == 6 and t.n_prompts == 3
     assert t.peak_id == pytest.approx(20) and t.peak_layer == 0 and t.peak_depth == 0        # the embedding output
     assert t.peak_id_from_l1 == pytest.approx(10) and t.peak_layer_from_l1 == 2
     assert t.peak_depth_from_l1 == pytest.approx(1 / 3)
     assert t.cos_mid == pytest.approx(0.4) and t.chi1_min == pytest.approx(0.2) and t.chi1_max == pytest.approx(0.9)
     assert t.mean_loss == pytest.approx(4.0) and t.prompt_peak_id == pytest.approx(20)
-    late = shuffle.band_mean(long, "chi_1", 2 / 3, 1.0)
+    late = nb04.band_mean(long, "chi_1", 2 / 3, 1.0)
     assert late.chi_1.iloc[0] == pytest.approx(0.85)                             # pairs (4,5) and (5,6)
-    check_long(shuffle.comparison_summary_long(shuffle.comparison_summary(long, summ)))
-    check_long(shuffle.summary_long(summ))
-    lb = shuffle.loss_by_s(long).iloc[0]
+    check_long(nb05.comparison_summary_long(nb05.comparison_summary(long, summ)))
+    check_long(nb04.summary_long(summ))
+    lb = nb04.loss_by_s(long).iloc[0]
     assert lb["mean"] == pytest.approx(4.0) and lb["n"] == 3
 
 
 def test_figures_and_findings_run_on_a_constructed_table():
     import matplotlib
     matplotlib.use("Agg")
-    from tg_utils.geometry import profile_summary
     rng = np.random.default_rng(2)
     prof, loss = {}, {}
     for p in range(4):
@@ -289,13 +290,13 @@ def test_figures_and_findings_run_on_a_constructed_table():
                             "cos_full": list(rng.random(6)), "chi_1": list(rng.random(5))}
             loss[(p, s)] = 2 + s + rng.normal(0, 0.2)
     long = table(prof, loss)
-    summ = profile_summary(long, shuffle.PROFILE_METRICS, n_boot=50)
-    for fn in (lambda: shuffle.plot_shuffle_profiles(long, summ, "id", 2), lambda: shuffle.plot_scale_curves_by_s(long),
-               lambda: shuffle.plot_loss_vs_s(long), lambda: shuffle.plot_peak_comparison(shuffle.peak_comparison(long)),
-               lambda: shuffle.plot_correlation(shuffle.id_loss_correlation(long))):
+    summ = profile_summary(long, nb04.PROFILE_METRICS, n_boot=50)
+    for fn in (lambda: shuffle_plots.plot_shuffle_profiles(long, summ, "id", 2), lambda: shuffle_plots.plot_scale_curves_by_s(long),
+               lambda: shuffle_plots.plot_loss_vs_s(long), lambda: shuffle_plots.plot_peak_comparison(nb04.peak_comparison(long)),
+               lambda: profiles.plot_correlation(nb04.id_loss_correlation(long))):
         fig, tidy = fn()
         assert len(tidy)
-    text = shuffle.describe_shuffle(long)
+    text = nb04.describe_shuffle(long)
     assert "peak higher for" in text and "mean loss per S" in text and "ID-loss Pearson r" in text
 
 
@@ -315,17 +316,13 @@ def test_params_validation():
         ShuffleParams.from_dict({"models": ["no such model"]})
 
 
-def test_numeric_values_after_a_csv_round_trip(tmp_path):
-    """geometry_table's cache writes NaN as an empty field and reads with keep_default_na=False."""
-    long = table({(0, 0): {"id": [1.0, np.nan]}}, {(0, 0): np.nan}, revision="")
-    long.to_csv(tmp_path / "t.csv", index=False)
-    back = pd.read_csv(tmp_path / "t.csv", keep_default_na=False, na_values=["NaN", "nan"])
-    fixed = shuffle.numeric_values(back)
-    check_long(fixed)
-    assert fixed.value.isna().sum() == 2 and fixed.value.iloc[0] == 1.0 and (fixed.revision == "").all()
-
-
-def test_split_revision():
-    assert shuffle.split_revision("EleutherAI/pythia-6.9b@step143000") == ("EleutherAI/pythia-6.9b", "step143000")
-    assert shuffle.split_revision("toy:llama-preln@12") == ("toy:llama-preln@12", None)
-    assert shuffle.split_revision("smollm2-135m") == ("smollm2-135m", None)
+def test_specs_with_a_revision():
+    """'owner/name@revision' specs: table keys and placement from ModelSpec, for every notebook 02-05."""
+    from tg_utils.models import ModelSpec
+    assert ModelSpec.parse("EleutherAI/pythia-6.9b@step143000").table_key() == ("EleutherAI/pythia-6.9b", "step143000")
+    assert ModelSpec.parse("toy:llama-preln@12").table_key() == ("toy:llama-preln", "step12")
+    assert ModelSpec.parse("smollm2-135m").table_key() == ("smollm2-135m", "")
+    assert nb02.load_kwargs("EleutherAI/pythia-6.9b@step143000", "cpu", "auto") == {"device_map": "auto"}
+    assert nb02.load_kwargs("smollm2-135m", "cuda", "auto") == {"device": "cuda"}
+    assert nb02.load_kwargs("toy:llama-preln", "cpu", "auto") == {"device": "cpu"}
+    assert nb02.load_kwargs("EleutherAI/pythia-6.9b", "cuda", None) == {"device": "cuda"}

@@ -1,0 +1,128 @@
+"""Figures of the layer profiles (notebooks 02, 03, 05): state norms, metric profiles with bands,
+differences between models, cosine heatmaps, GRIDE scale curves, the ID-loss correlation."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..models.spec import table_label
+from .style import METRIC_LABELS, profile_panel, with_labels
+
+
+def plot_norms(df: pd.DataFrame):
+    """Mean state norm per layer against relative depth, one line per model (log scale)."""
+    df = with_labels(df)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for lab, g in df.groupby("label", sort=False):
+        ax.plot(g.relative_depth, g.mean_norm, marker=".", label=lab)
+    ax.set(yscale="log", xlabel="relative depth (layer / number of layers)", ylabel="mean L2 norm of a token state",
+           title="state norm per layer")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig, df
+
+
+def plot_profiles(summary: pd.DataFrame, metrics: Sequence[str], x: str = "layer", by: str = "label",
+                  title: str = "", order: Sequence[str] | None = None):
+    """One panel per metric, lines with bands (summary from geometry.profile_summary + labels)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        profile_panel(ax, summary, m, x=x, by=by, order=order)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig, summary[summary.metric.isin(metrics)].reset_index(drop=True)
+
+
+def plot_differences(summary: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric: str, x: str = "layer"):
+    """Mean profile of A minus mean profile of B for each (A, B) label pair, on shared axes."""
+    sub = summary[summary.metric == metric]
+    rows = []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for a, b in pairs:
+        ga = sub[sub.label == a].set_index(x)["mean"]
+        gb = sub[sub.label == b].set_index(x)["mean"]
+        d = (ga - gb).dropna()
+        if d.empty:
+            continue
+        ax.plot(d.index, d.values, marker=".", label=f"{a} - {b}")
+        rows.append(pd.DataFrame({"minuend": a, "subtrahend": b, x: d.index, "metric": metric,
+                                  "difference": d.values}))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel=x, ylabel=f"difference in {METRIC_LABELS.get(metric, metric)}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def plot_heatmaps(mats: dict[str, dict[int, np.ndarray]]):
+    """Pairwise token cosine-similarity heatmaps: rows = models, columns = layers."""
+    models = list(mats)
+    n_cols = max(len(v) for v in mats.values())
+    fig, axes = plt.subplots(len(models), n_cols, figsize=(3.2 * n_cols, 3.0 * len(models)), squeeze=False)
+    rows = []
+    for i, m in enumerate(models):
+        for j, (layer, C) in enumerate(mats[m].items()):
+            ax = axes[i][j]
+            im = ax.imshow(C, vmin=-1, vmax=1, cmap="RdBu_r")
+            ax.set_title(f"{m}\nlayer {layer}", fontsize=8)
+            ax.set_xticks([]), ax.set_yticks([])
+            ii, jj = np.triu_indices(len(C))
+            rows.append(pd.DataFrame({"model": m, "layer": layer, "i": ii, "j": jj, "cosine": C[ii, jj]}))
+    fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
+    return fig, pd.concat(rows, ignore_index=True)
+
+
+def scale_curves(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean over prompts of the GRIDE ID at every scale: model, revision, layer, n1, id."""
+    sub = long[long.metric.str.match(r"id_s\d+$")]
+    sub = sub.assign(n1=sub.metric.str[4:].astype(int))
+    return sub.groupby(["model", "revision", "layer", "n1"], as_index=False).value.mean().rename(
+        columns={"value": "id"})
+
+
+def plot_scale_curves(long: pd.DataFrame, keys: Sequence[tuple[str, str]]):
+    """ID against scale n1 at the first, middle and last layer, one panel per (model, revision) of `keys`."""
+    curves = scale_curves(long)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False, sharey=True)
+    shown = []
+    for ax, (model, rev) in zip(axes[0], keys):
+        c = curves[(curves.model == model) & (curves.revision == rev)]
+        L = c.layer.max()
+        for layer in sorted({0, L // 2, L}):
+            g = c[c.layer == layer]
+            ax.plot(g.n1, g.id, marker=".", label=f"layer {layer}")
+            shown.append(g)
+        ax.set(xscale="log", xlabel="scale n1", title=table_label(model, rev))
+        ax.xaxis.set_major_formatter(plt.ScalarFormatter())
+    axes[0][0].set_ylabel("GRIDE intrinsic dimension")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig, pd.concat(shown, ignore_index=True)
+
+
+def plot_correlation(corr: pd.DataFrame, title: str = ""):
+    """Pearson r between ID and loss across prompts against relative depth, one line per model (and
+    per S when several are given); filled markers: p < 0.05, open: p >= 0.05."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    depth = corr.groupby(["model", "revision"]).layer.transform("max")
+    df = corr.assign(relative_depth=corr.layer / depth)
+    for i, ((model, rev, s), g) in enumerate(df.groupby(["model", "revision", "shuffle_index"], sort=False)):
+        g = g.sort_values("layer")
+        s_txt = "pooled over S" if s == -1 else f"S={s}"
+        line, = ax.plot(g.relative_depth, g.r, lw=1, color=f"C{i % 10}",
+                        label=f"{table_label(model, rev)}, {s_txt} (n={int(g.n.iloc[0])})")
+        sig = g.p < 0.05
+        ax.scatter(g.relative_depth[sig], g.r[sig], color=line.get_color(), s=18, zorder=3)
+        ax.scatter(g.relative_depth[~sig], g.r[~sig], facecolors="none", edgecolors=line.get_color(), s=18,
+                   zorder=3)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(ylim=(-1.05, 1.05), xlabel="relative depth (layer / number of layers)",
+           ylabel="Pearson r (ID, loss) across prompts", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, df
