@@ -14,6 +14,11 @@ import torch
 from scipy.spatial.distance import cdist
 
 from tg_utils import metrics as M
+from tg_utils.metrics.gride import _first_occurrences, _gride_one, _gride_ranks
+from tg_utils.metrics.knn import _centred, _knn_numpy, _knn_torch, _neighbor_table
+from tg_utils.metrics.selection import (_k_nearest, _k_smallest_f32, _smallest_sorted, _table_f32,
+                                        _table_f64)
+from tg_utils.metrics.spectra import _covariance_eigenvalues
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_CANDIDATES = [
@@ -304,23 +309,23 @@ def brute_order(X):
 @pytest.mark.parametrize("margin", [None, 0, 4])
 def test_float32_selection_equals_float64_on_near_ties_and_duplicates(margin):
     X = lattice_cloud()
-    ranks = M._gride_ranks(len(X), 256)                            # 1, 2, 4, ..., 256
+    ranks = _gride_ranks(len(X), 256)                            # 1, 2, 4, ..., 256
     order, D = brute_order(X)
-    Xc = M._centred(X)
+    Xc = _centred(X)
     sq = (Xc * Xc).sum(1)
     X32 = Xc.astype(np.float32)                                    # float32 alone gets it wrong
     S32 = sq.astype(np.float32) - 2 * X32 @ X32.T
     np.fill_diagonal(S32, np.inf)
     assert (np.argsort(S32, axis=1, kind="stable")[:, :31] != order[:, :31]).any(1).mean() > 0.5
-    idx32, d2_32 = M._table_f32(Xc, sq, 31, ranks, margin=margin)  # small margins: float64 rows
-    idx64, d2_64 = M._table_f64(Xc, sq, 31, ranks)
+    idx32, d2_32 = _table_f32(Xc, sq, 31, ranks, margin=margin)  # small margins: float64 rows
+    idx64, d2_64 = _table_f64(Xc, sq, 31, ranks)
     np.testing.assert_array_equal(idx32, order[:, :31])
     np.testing.assert_array_equal(idx64, order[:, :31])
     scale = np.abs(Xc).max()                                       # Gram round-off: ~1e-8 scale
     for d2 in (d2_32, d2_64):
         np.testing.assert_allclose(np.sqrt(np.maximum(d2, 0)), D[:, ranks - 1], rtol=1e-9,
                                    atol=1e-7 * scale)
-    table = M._neighbor_table(X, 31, ranks)                        # the default path: float32
+    table = _neighbor_table(X, 31, ranks)                        # the default path: float32
     np.testing.assert_array_equal(table.indices, idx32)
     chi = M.neighborhood_overlap(X, X[:, ::-1].copy())              # the same distances
     np.testing.assert_array_equal(chi, 1.0 * (np.arange(32) > 0))
@@ -329,11 +334,11 @@ def test_float32_selection_equals_float64_on_near_ties_and_duplicates(margin):
 @pytest.mark.parametrize("name", ["smollm2_L3", "smollm2_L12", "dups"])
 def test_float32_selection_equals_float64_on_reference_clouds(ref, name):
     """SmolLM2 states hold a few huge ones (the first token's is ~200x the median at L12)."""
-    Xc = M._centred(ref[f"X__{name}"])
+    Xc = _centred(ref[f"X__{name}"])
     sq = (Xc * Xc).sum(1)
-    ranks = M._gride_ranks(len(Xc), 256)
-    idx32, d2_32 = M._table_f32(Xc, sq, 31, ranks)
-    idx64, d2_64 = M._table_f64(Xc, sq, 31, ranks)
+    ranks = _gride_ranks(len(Xc), 256)
+    idx32, d2_32 = _table_f32(Xc, sq, 31, ranks)
+    idx64, d2_64 = _table_f64(Xc, sq, 31, ranks)
     np.testing.assert_array_equal(idx32, idx64)
     np.testing.assert_allclose(d2_32, d2_64, rtol=1e-12, atol=1e-12 * sq.max())
 
@@ -353,15 +358,15 @@ def test_partial_selections_order_ties_by_index():
     cols = np.broadcast_to(np.arange(50), S.shape)
     expected = np.lexsort((cols, S), axis=-1)
     for k in (1, 7, 20, 49):
-        idx, vals = M._k_nearest(S, k)
+        idx, vals = _k_nearest(S, k)
         np.testing.assert_array_equal(idx, expected[:, :k])
         np.testing.assert_array_equal(vals, np.sort(S, axis=1)[:, :k])
-        idx32, vals32 = M._k_smallest_f32(S.astype(np.float32), k)
+        idx32, vals32 = _k_smallest_f32(S.astype(np.float32), k)
         np.testing.assert_array_equal(idx32, expected[:, :k])
         np.testing.assert_array_equal(vals32, np.sort(S, axis=1)[:, :k])
-    np.testing.assert_array_equal(M._smallest_sorted(S, 13), np.sort(S, axis=1)[:, :13])
+    np.testing.assert_array_equal(_smallest_sorted(S, 13), np.sort(S, axis=1)[:, :13])
     signed = np.array([[-0.5, 3.0, -2.0, 0.0, np.inf, 1e-30, -1e-30]], dtype=np.float32)
-    np.testing.assert_array_equal(M._k_smallest_f32(signed, 6)[0], [[2, 0, 6, 3, 5, 1]])
+    np.testing.assert_array_equal(_k_smallest_f32(signed, 6)[0], [[2, 0, 6, 3, 5, 1]])
 
 
 # ============================================================================ batching, dtypes, devices
@@ -407,19 +412,19 @@ def test_float32_numpy_and_torch_inputs_agree_with_float64():
 def test_accelerator_code_paths_equal_numpy():
     """The torch branches run for tensors on an accelerator; called directly on CPU tensors here."""
     X = random_cloud(n=200, d=10, seed=12, intrinsic=4)
-    idx_t, d_t = M._knn_torch(torch.from_numpy(X - X.mean(0)), 64)
-    idx_n, d_n = M._knn_numpy(X - X.mean(0), 64)
+    idx_t, d_t = _knn_torch(torch.from_numpy(X - X.mean(0)), 64)
+    idx_n, d_n = _knn_numpy(X - X.mean(0), 64)
     np.testing.assert_array_equal(idx_t, idx_n)
     np.testing.assert_allclose(d_t, d_n, rtol=1e-12)
     X_dup = np.concatenate([X, X[:30]])
-    np.testing.assert_array_equal(M._first_occurrences(torch.from_numpy(X_dup)), np.arange(200))
-    np.testing.assert_array_equal(M._first_occurrences(X_dup), np.arange(200))
-    ids_t = M._gride_one(torch.from_numpy(X_dup), 256)[0]
+    np.testing.assert_array_equal(_first_occurrences(torch.from_numpy(X_dup)), np.arange(200))
+    np.testing.assert_array_equal(_first_occurrences(X_dup), np.arange(200))
+    ids_t = _gride_one(torch.from_numpy(X_dup), 256)[0]
     np.testing.assert_allclose(ids_t, M.gride(X).ids, rtol=0, atol=1e-9)
     for n, d in ((50, 20), (20, 50)):
         Y = random_cloud(n=n, d=d, seed=d)
-        np.testing.assert_allclose(M._covariance_eigenvalues(torch.from_numpy(Y)),
-                                   M._covariance_eigenvalues(Y), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(_covariance_eigenvalues(torch.from_numpy(Y)),
+                                   _covariance_eigenvalues(Y), rtol=1e-9, atol=1e-12)
 
 
 # ============================================================================ small clouds and errors
