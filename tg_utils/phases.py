@@ -272,22 +272,6 @@ def last_states(lm, prompts: Sequence[Sequence[int]], out_dir="outputs", batch_t
     return out
 
 
-def power_law_intercept(eigs, alpha) -> np.ndarray:
-    """log-intercept b of the alpha-ReQ fit log(lambda_r) = b - alpha log r (the weighted least squares of
-    metrics.alpha_req: ranks 12..100 with weights 1/r; for that fit b = sum w (log lambda + alpha log r) /
-    sum w). eigs (..., n), alpha (...) -> (...)."""
-    e = np.asarray(eigs, dtype=np.float64)
-    a = np.asarray(alpha, dtype=np.float64)
-    rank = np.arange(1, e.shape[-1] + 1)
-    lo, hi = M.ALPHA_FIT_RANKS
-    n_pos = (e > 0).sum(-1, keepdims=True)
-    fit = (rank >= lo) & (rank <= hi) & (rank <= n_pos)
-    w = np.where(fit, (1.0 / rank.astype(np.float32)).astype(np.float64), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y = np.where(fit, np.log(np.where(e > 0, e, 1.0)) + a[..., None] * np.log(rank), 0.0)
-        return (w * y).sum(-1) / w.sum(-1)
-
-
 def layer_spectra(states) -> dict[str, np.ndarray]:
     """Per-layer spectral metrics of last-token states (N, L, d): eigs (L, min(N, d)) (covariance
     eigenvalues normalised to sum 1, descending), rankme and rankme_singular, alpha, alpha_r2,
@@ -313,7 +297,7 @@ def layer_spectra(states) -> dict[str, np.ndarray]:
         except ValueError:
             continue
         out["alpha"][l], out["alpha_r2"][l], out["alpha_r2_100"][l] = a.alpha, a.r2, a.r2_100
-        out["intercept"][l] = power_law_intercept(eigs[l], a.alpha)
+        out["intercept"][l] = M.power_law_intercept(eigs[l], a.alpha)
     out["eigs"] = eigs
     return out
 
