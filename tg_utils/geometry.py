@@ -167,7 +167,7 @@ def wide(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 def profile_summary(df: pd.DataFrame, metrics: Sequence[str] = ("cos_full", "id", "chi_1"),
                     n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Mean and bootstrap 95 % interval over prompts, per (model, revision, shuffle_index, metric, layer)."""
-    from .stats import mean_ci
+    from .metrics.stats import mean_ci
     out = []
     for metric in metrics:
         w = wide(df, metric)

@@ -253,7 +253,7 @@ def id_loss_correlation(long: pd.DataFrame, metric: str = "id", pooled: bool = F
     loss, across prompts: per (model, revision, shuffle_index), or pooled over every (prompt, S) pair
     (shuffle_index = -1). Models without a loss (encoders) and groups of fewer than 3 prompts are left
     out. Columns: model, revision, shuffle_index, layer, r, p, n."""
-    from .stats import pearson
+    from .metrics.stats import pearson
     loss = long[(long.metric == "loss")].set_index(_KEYS).value
     x = long[long.metric == metric].pivot_table(index=_KEYS, columns="layer", values="value")
     out = []

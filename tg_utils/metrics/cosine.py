@@ -46,7 +46,7 @@ def token_convergence(states_t, states_final):
     """Cosine between matching states: states_t and states_final of the same shape (..., d), e.g.
     a word's last-token state at checkpoint t and at the final checkpoint, (n_words, L, d) ->
     (n_words, L), one cosine per word per layer. Average within word groups (by token count) with
-    `tg_utils.stats.mean_ci`. A zero vector has cosine 0 with everything.
+    `tg_utils.metrics.stats.mean_ci`. A zero vector has cosine 0 with everything.
     """
     a = _to_numpy(_f64(_validated(states_t, "states_t")))
     b = _to_numpy(_f64(_validated(states_final, "states_final")))
