@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from tg_utils import metrics as M
 from tg_utils import phases
-from tg_utils import trajectory as T
 from tg_utils.corpus import Article, Corpus
+from tg_utils.metrics import trajectory as T
 from tg_utils.nbparams import TrajectoryParams
 from tg_utils.params import ParameterError
 from tg_utils.tables import check_long
@@ -249,7 +249,7 @@ def test_phase_tables_apply_the_rule_per_layer():
     spectra = pd.concat(rows, ignore_index=True)
     P = TrajectoryParams()
     ph, iv = phases.phase_tables(traj, spectra, P)
-    want = T.mark_phases(steps, rk, al, warmup_until=4)
+    want = phases.frame(T.mark_phases(steps, rk, al, warmup_until=4))
     got = ph[ph.layer == 0].drop(columns=["trajectory", "layer"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     assert list(got.phase) == list(T.PHASES)                      # all three, in order, on this curve
@@ -319,11 +319,11 @@ def test_warmup_collapse_may_start_with_flat_intervals():
     rk = [88.7, 87.7, 83.0, 73.0, 7.5, 2.0, 1.3, 2.8, 4.6, 5.3]           # llama-preln as measured
     al = [0.826, 0.840, 0.874, 0.948, 0.902, 0.962, 2.009, 2.981, 3.569, 3.681]
     iv = T.phase_intervals(steps, rk, al, warmup_until=16)
-    assert iv.rankme_sign.iloc[0] == 0                                     # 0 -> 1 is flat
+    assert iv.rankme_sign[0] == 0                                          # 0 -> 1 is flat
     ph = T.mark_phases(steps, rk, al, warmup_until=16)
-    assert (ph.phase.iloc[0], ph.start_step.iloc[0], ph.end_step.iloc[0]) == (T.WARMUP, 0, 16)
+    assert (ph[0].phase, ph[0].start_step, ph[0].end_step) == (T.WARMUP, 0, 16)
     flat_then_up = T.mark_phases(steps, [50, 50.1, 50, 60, 80, 100, 120, 140, 160, 170], np.linspace(1.0, 0.5, 10))
-    assert T.WARMUP not in set(flat_then_up.phase)
+    assert T.WARMUP not in {p.phase for p in flat_then_up}
 
 
 def test_shown_steps():

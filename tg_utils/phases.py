@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -48,8 +48,8 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from . import trajectory as T
 from . import words as W
+from .metrics import trajectory as T
 
 NB = "06_training_trajectory_phases"
 SPECTRAL_METRICS = ("rankme", "rankme_singular", "alpha", "alpha_r2", "alpha_r2_100")
@@ -341,9 +341,10 @@ def measure_checkpoint(lm, inputs: Inputs, P, step: int) -> CheckpointResult:
     if cs is not None:
         base, mask = cs.stack(last_states(lm, cs.prompts(), P.out_dir, P.batch_tokens))
         swap, _ = cs.stack(last_states(lm, cs.swap_prompts(), P.out_dir, P.batch_tokens))
-        p1, p2 = T.perturbation_scores(base, None, swap, base_mask=mask)
+        raw = T.perturbation_scores(base, None, swap, base_mask=mask)
         mu = S.mean(0)                                   # (L, d): the mean last-token state of the windows
-        c1, c2 = T.perturbation_scores(base - mu, None, swap - mu, base_mask=mask)
+        centred = T.perturbation_scores(base - mu, None, swap - mu, base_mask=mask)
+        p1, p2, c1, c2 = raw.p1, raw.p2, centred.p1, centred.p2
     return CheckpointResult(step, spec, float(np.mean(nll)) if nll is not None else float("nan"), words, p1, p2,
                             time.perf_counter() - t0, c1, c2)
 
@@ -394,6 +395,20 @@ def fit_rows(traj: Trajectory, results: Sequence[CheckpointResult]) -> pd.DataFr
                          for r in results for l in range(len(r.spectra["alpha"]))])
 
 
+def frame(result) -> pd.DataFrame:
+    """A tg_utils.metrics.trajectory result as a table: mark_phases' Phases one row each (the
+    PHASE_COLUMNS, also when there are none), else one column per field of the result (the label
+    columns of PhaseIntervals as objects: None stays None)."""
+    if isinstance(result, tuple):
+        return pd.DataFrame([asdict(p) for p in result], columns=T.PHASE_COLUMNS)
+    cols = [f.name for f in fields(result)]
+    df = pd.DataFrame({k: getattr(result, k) for k in cols if not k.endswith("label")})
+    for k in cols:
+        if k.endswith("label"):
+            df[k] = pd.Series(list(getattr(result, k)), dtype=object)
+    return df
+
+
 def rule_kwargs(P) -> dict:
     """The phase-rule parameters of P (trajectory.mark_phases keywords, warmup_until aside)."""
     return dict(smooth=P.phase_smooth, min_rankme_slope=P.min_rankme_slope, min_alpha_slope=P.min_alpha_slope,
@@ -410,8 +425,8 @@ def phase_tables(traj: Trajectory, spectra: pd.DataFrame, P) -> tuple[pd.DataFra
         g = g.sort_values("step")
         if not (np.isfinite(g.rankme).all() and np.isfinite(g.alpha).all() and (g.rankme > 0).all()):
             continue
-        ph.append(T.mark_phases(g.step, g.rankme, g.alpha, **kw).assign(trajectory=traj.name, layer=layer))
-        iv.append(T.phase_intervals(g.step, g.rankme, g.alpha, **kw).assign(trajectory=traj.name, layer=layer))
+        ph.append(frame(T.mark_phases(g.step, g.rankme, g.alpha, **kw)).assign(trajectory=traj.name, layer=layer))
+        iv.append(frame(T.phase_intervals(g.step, g.rankme, g.alpha, **kw)).assign(trajectory=traj.name, layer=layer))
     cols_p = ["trajectory", "layer", *T.PHASE_COLUMNS]
     phases = pd.concat(ph, ignore_index=True)[cols_p] if ph else pd.DataFrame(columns=cols_p)
     intervals = pd.concat(iv, ignore_index=True) if iv else pd.DataFrame()
@@ -428,7 +443,7 @@ def convergence_rows(traj: Trajectory, inputs: Inputs, results: Sequence[Checkpo
     for p, wp in inputs.words.items():
         final = results[-1].word_states[p]
         cos = np.stack([M.token_convergence(r.word_states[p], final) for r in results], -1)   # (W, L, T)
-        df = T.convergence_by_bucket(cos, wp.n_tokens, steps=steps)
+        df = frame(T.convergence_by_bucket(cos, wp.n_tokens, steps=steps))
         parts.append(df.assign(trajectory=traj.name, prefix=p))
     df = pd.concat(parts, ignore_index=True)
     return df[["trajectory", "prefix"] + [c for c in df.columns if c not in ("trajectory", "prefix")]]
@@ -446,7 +461,7 @@ def perturbation_rows(traj: Trajectory, inputs: Inputs, results: Sequence[Checkp
     for r in results:
         for name, (a1, a2) in (("raw", (r.p1, r.p2)), ("centred", (r.p1_centred, r.p2_centred))):
             if a1 is not None:
-                parts.append(T.perturbation_by_bucket(T.PerturbationScores(a1, a2), b)
+                parts.append(frame(T.perturbation_by_bucket(T.PerturbationScores(a1, a2), b))
                              .assign(trajectory=traj.name, step=r.step, states=name))
     df = pd.concat(parts, ignore_index=True)
     return df[["trajectory", "step", "states"] + [c for c in df.columns if c not in ("trajectory", "step", "states")]]
@@ -977,7 +992,7 @@ def findings(res: Results, threshold: float = 0.9) -> str:
             if res.rule.get("smooth", 1) != 1 and np.isfinite(c.rankme).all() and np.isfinite(c.alpha).all():
                 raw = T.mark_phases(c.step, c.rankme, c.alpha, **dict(res.rule, smooth=1), warmup_until=res.warmup.get(t))
                 out.append("  without smoothing (smooth=1): " + "; ".join(
-                    f"{r.phase} {r.start_step:g}-{r.end_step:g}" for r in raw.itertuples()) if len(raw) else
+                    f"{r.phase} {r.start_step:g}-{r.end_step:g}" for r in raw) if len(raw) else
                     "  without smoothing (smooth=1): no phase")
         else:
             out.append("  phases: not computed (RankMe or alpha undefined at some checkpoint)")

@@ -1,6 +1,8 @@
 """Geometry through training (notebook 06, issue 7): phases of the spectral curves, token
 convergence per bucket, multi-token context perturbation. Pure functions of arrays; nothing here
-loads a model (the states come from tg_utils.extract, the metrics from tg_utils.metrics).
+loads a model (the states come from tg_utils.extract, the metrics from tg_utils.metrics). Results
+are frozen dataclasses of numpy arrays, one entry per table row (notebook 06 writes them as
+tables: tg_utils.phases.frame).
 
 Phase rule (`mark_phases`, after the Tracing paper: warmup collapse, entropy-seeking = RankMe up
 and alpha down, compression-seeking = RankMe down and alpha up)
@@ -48,24 +50,97 @@ swapped for another word ending in the same token; P1 - P2 per layer per bucket.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from dataclasses import dataclass, fields
+from typing import Sequence
 
 import numpy as np
 
+from ._arrays import _f64, _to_numpy
+
 PHASES = ("warmup collapse", "entropy-seeking", "compression-seeking")
 WARMUP, ENTROPY, COMPRESSION = PHASES
-PHASE_COLUMNS = ["phase", "start_step", "end_step", "start_index", "end_index", "n_checkpoints",
-                 "rankme_start", "rankme_end", "alpha_start", "alpha_end"]
+
+
+# ============================================================================ result types
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a trajectory (a run of labelled intervals, step 6 of the rule): its label, the
+    checkpoints at its ends (steps and indices), the checkpoints it spans, and the raw (unsmoothed)
+    RankMe and alpha at both ends."""
+    phase: str
+    start_step: float
+    end_step: float
+    start_index: int
+    end_index: int
+    n_checkpoints: int
+    rankme_start: float
+    rankme_end: float
+    alpha_start: float
+    alpha_end: float
+
+
+PHASE_COLUMNS = [f.name for f in fields(Phase)]
+
+
+@dataclass(frozen=True)
+class PhaseIntervals:
+    """The phase rule interval by interval (interval i = checkpoint i to i+1), T - 1 entries each:
+    start_step, end_step; rankme_slope (of ln RankMe), alpha_slope (smoothed, per decade of
+    steps); rankme_sign, alpha_sign (-1/0/+1); raw_label (step 4) and label (step 5), a phase name
+    or None (unlabelled)."""
+    start_step: np.ndarray
+    end_step: np.ndarray
+    rankme_slope: np.ndarray
+    alpha_slope: np.ndarray
+    rankme_sign: np.ndarray
+    alpha_sign: np.ndarray
+    raw_label: tuple
+    label: tuple
+
+
+@dataclass(frozen=True)
+class BucketConvergence:
+    """Token convergence per (step, layer, bucket), one entry per triple, sorted by step, layer,
+    bucket: mean_cos, std_cos (ddof 0), n_words, delta (mean_cos minus that of the previous step,
+    same layer and bucket; NaN at the first step), mean_abs_delta (mean over words of
+    |cos_t - cos_{t-1}|)."""
+    step: np.ndarray
+    layer: np.ndarray
+    bucket: np.ndarray
+    mean_cos: np.ndarray
+    std_cos: np.ndarray
+    n_words: np.ndarray
+    delta: np.ndarray
+    mean_abs_delta: np.ndarray
+
+
+@dataclass(frozen=True)
+class PerturbationScores:
+    """Per-word scores, each (n_words, n_layers): p1 (same word, other contexts), p2 (same sentence,
+    last word swapped for one ending in the same token); `diff` = p1 - p2."""
+    p1: np.ndarray
+    p2: np.ndarray
+
+    @property
+    def diff(self) -> np.ndarray:
+        return self.p1 - self.p2
+
+
+@dataclass(frozen=True)
+class BucketPerturbation:
+    """P1, P2 and P1 - P2 per (layer, bucket), one entry per pair, sorted by layer, bucket: means
+    over the bucket's words (NaN words left out), diff_std (ddof 0, over words) and n_words."""
+    layer: np.ndarray
+    bucket: np.ndarray
+    P1: np.ndarray
+    P2: np.ndarray
+    P1_minus_P2: np.ndarray
+    diff_std: np.ndarray
+    n_words: np.ndarray
 
 
 # ============================================================================ helpers
-
-def _np64(x) -> np.ndarray:
-    """A float64 numpy array from an array or an (any-device) torch tensor."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
 
 def _unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm along the last axis (a zero vector stays zero, cosine 0)."""
@@ -143,22 +218,20 @@ def _interval_labels(steps, rankme, alpha, smooth, min_rankme_slope, min_alpha_s
 
 def phase_intervals(steps, rankme, alpha, smooth: int = 3, min_rankme_slope: float = 0.05,
                     min_alpha_slope: float = 0.02, min_len: int = 2, max_gap: int = 1,
-                    warmup_until: float | None = None):
+                    warmup_until: float | None = None) -> PhaseIntervals:
     """Per-interval view of the phase rule (module docstring, steps 1-5), e.g. to shade a plot.
 
-    steps, rankme, alpha: (T,) -> DataFrame with T - 1 rows (interval i = checkpoint i to i+1):
-    start_step, end_step, rankme_slope (of ln RankMe), alpha_slope (smoothed, per decade of steps),
-    rankme_sign, alpha_sign (-1/0/+1), raw_label (step 4) and label (step 5; None = unlabelled).
+    steps, rankme, alpha: (T,) -> PhaseIntervals with T - 1 entries (interval i = checkpoint i to
+    i+1): start_step, end_step, rankme_slope (of ln RankMe), alpha_slope (smoothed, per decade of
+    steps), rankme_sign, alpha_sign (-1/0/+1), raw_label (step 4) and label (step 5; None =
+    unlabelled).
     """
-    import pandas as pd
     steps, rankme, alpha = _check_curves(steps, rankme, alpha)
     iv = _interval_labels(steps, rankme, alpha, smooth, min_rankme_slope, min_alpha_slope, min_len,
                           max_gap, warmup_until)
-    df = pd.DataFrame({"start_step": steps[:-1], "end_step": steps[1:],
-                       **{k: v for k, v in iv.items() if not k.endswith("label")}})
-    for k in ("raw_label", "label"):
-        df[k] = pd.Series(iv[k], dtype=object)
-    return df
+    return PhaseIntervals(start_step=steps[:-1], end_step=steps[1:],
+                          **{k: v for k, v in iv.items() if not k.endswith("label")},
+                          raw_label=tuple(iv["raw_label"]), label=tuple(iv["label"]))
 
 
 def _fill_gaps(labels: list, max_gap: int) -> list:
@@ -184,55 +257,55 @@ def _clean_labels(labels: list, min_len: int, max_gap: int) -> list:
 
 def mark_phases(steps, rankme, alpha, smooth: int = 3, min_rankme_slope: float = 0.05,
                 min_alpha_slope: float = 0.02, min_len: int = 2, max_gap: int = 1,
-                warmup_until: float | None = None):
+                warmup_until: float | None = None) -> tuple[Phase, ...]:
     """Phases of a training trajectory from its RankMe and alpha-ReQ curves (rule: module docstring).
 
     steps, rankme, alpha: (T,) per checkpoint, steps ascending (the first is the initialisation).
-    Returns a DataFrame with one row per phase found, in order: PHASE_COLUMNS = phase, start_step,
-    end_step, start_index, end_index (checkpoint indices), n_checkpoints, and the raw (unsmoothed)
-    RankMe and alpha at both ends. A phase that does not appear has no row.
+    Returns one Phase per phase found, in order (fields PHASE_COLUMNS: phase, start_step, end_step,
+    start_index, end_index (checkpoint indices), n_checkpoints, and the raw (unsmoothed) RankMe and
+    alpha at both ends). A phase that does not appear has no entry.
     """
-    import pandas as pd
     steps, rankme, alpha = _check_curves(steps, rankme, alpha)
     labels = _interval_labels(steps, rankme, alpha, smooth, min_rankme_slope, min_alpha_slope, min_len,
                               max_gap, warmup_until)["label"]
-    rows = [{"phase": lab, "start_step": steps[a], "end_step": steps[b + 1], "start_index": a,
-             "end_index": b + 1, "n_checkpoints": b - a + 2, "rankme_start": rankme[a],
-             "rankme_end": rankme[b + 1], "alpha_start": alpha[a], "alpha_end": alpha[b + 1]}
-            for lab, a, b in _runs(labels) if lab is not None]
-    return pd.DataFrame(rows, columns=PHASE_COLUMNS)
+    return tuple(Phase(lab, steps[a], steps[b + 1], a, b + 1, b - a + 2, rankme[a], rankme[b + 1],
+                       alpha[a], alpha[b + 1])
+                 for lab, a, b in _runs(labels) if lab is not None)
 
 
 def describe_phases(phases) -> list[str]:
-    """One line per phase of PHASES: where it falls (steps), or that it does not appear."""
+    """One line per phase of PHASES: where it falls (steps), or that it does not appear.
+
+    phases: the Phases of `mark_phases`, or a table of them with the PHASE_COLUMNS (anything with
+    `itertuples()`, e.g. a DataFrame), read row by row."""
+    rows = list(phases.itertuples() if hasattr(phases, "itertuples") else phases)
     lines = []
     for name in PHASES:
-        rows = phases[phases["phase"] == name]
-        if len(rows) == 0:
+        found = [r for r in rows if r.phase == name]
+        if len(found) == 0:
             lines.append(f"{name}: does not appear")
         else:
             spans = ", ".join(f"steps {r.start_step:g}-{r.end_step:g} ({r.n_checkpoints} checkpoints, "
                               f"RankMe {r.rankme_start:.3g}->{r.rankme_end:.3g}, "
-                              f"alpha {r.alpha_start:.3g}->{r.alpha_end:.3g})" for r in rows.itertuples())
+                              f"alpha {r.alpha_start:.3g}->{r.alpha_end:.3g})" for r in found)
             lines.append(f"{name}: {spans}")
     return lines
 
 
 # ============================================================================ token convergence
 
-def convergence_by_bucket(cos, buckets, steps=None, layers=None):
+def convergence_by_bucket(cos, buckets, steps=None, layers=None) -> BucketConvergence:
     """Token convergence grouped by bucket.
 
     cos: (n_words, n_layers, n_steps) cosine between each word's state at each checkpoint and at the
       final one (e.g. `metrics.token_convergence` stacked over steps); NaN = missing (left out).
     buckets: (n_words,) bucket (token count) of each word. steps: (n_steps,) labels (default
       0..n_steps-1); layers: (n_layers,) labels (default 0..n_layers-1).
-    Returns a tidy DataFrame, one row per (step, layer, bucket): mean_cos, std_cos (ddof 0), n_words,
-    delta (mean_cos minus that of the previous step, same layer and bucket; NaN at the first step) and
-    mean_abs_delta (mean over words of |cos_t - cos_{t-1}|).
+    Returns a tidy BucketConvergence, one entry per (step, layer, bucket), in that order: mean_cos,
+    std_cos (ddof 0), n_words, delta (mean_cos minus that of the previous step, same layer and
+    bucket; NaN at the first step) and mean_abs_delta (mean over words of |cos_t - cos_{t-1}|).
     """
-    import pandas as pd
-    c = _np64(cos)
+    c = _to_numpy(_f64(cos))
     if c.ndim != 3:
         raise ValueError(f"cos must be (n_words, n_layers, n_steps), got shape {c.shape}")
     W, L, T = c.shape
@@ -258,25 +331,14 @@ def convergence_by_bucket(cos, buckets, steps=None, layers=None):
     delta = np.concatenate([np.full((len(ub), L, 1), np.nan), np.diff(mean, axis=-1)], -1)
     mad = np.concatenate([np.full((len(ub), L, 1), np.nan), mad], -1)
     B_, L_, T_ = np.meshgrid(np.arange(len(ub)), np.arange(L), np.arange(T), indexing="ij")
-    df = pd.DataFrame({"step": steps[T_.ravel()], "layer": layers[L_.ravel()], "bucket": ub[B_.ravel()],
-                       "mean_cos": mean.ravel(), "std_cos": np.sqrt(np.maximum(var, 0)).ravel(),
-                       "n_words": n.ravel().astype(int), "delta": delta.ravel(),
-                       "mean_abs_delta": mad.ravel()})
-    return df.sort_values(["step", "layer", "bucket"], kind="stable").reset_index(drop=True)
+    cols = {"step": steps[T_.ravel()], "layer": layers[L_.ravel()], "bucket": ub[B_.ravel()],
+            "mean_cos": mean.ravel(), "std_cos": np.sqrt(np.maximum(var, 0)).ravel(),
+            "n_words": n.ravel().astype(int), "delta": delta.ravel(), "mean_abs_delta": mad.ravel()}
+    order = np.lexsort((cols["bucket"], cols["layer"], cols["step"]))     # stable: ties keep order
+    return BucketConvergence(**{k: v[order] for k, v in cols.items()})
 
 
 # ============================================================================ context perturbation
-
-class PerturbationScores(NamedTuple):
-    """Per-word scores, each (n_words, n_layers): p1 (same word, other contexts), p2 (same sentence,
-    last word swapped for one ending in the same token); `diff` = p1 - p2."""
-    p1: np.ndarray
-    p2: np.ndarray
-
-    @property
-    def diff(self) -> np.ndarray:
-        return self.p1 - self.p2
-
 
 def _with_context_axis(x: np.ndarray, name: str) -> np.ndarray:
     if x.ndim == 3:
@@ -301,8 +363,8 @@ def perturbation_scores(states_base, states_other_contexts, states_swapped, base
     cos(base_i, other_j); P2[w, l] = mean over valid i of cos(base_i, swapped_i). A word with no valid
     pair gets NaN. Returns PerturbationScores(p1, p2), each (W, L).
     """
-    base = _with_context_axis(_np64(states_base), "states_base")
-    swap = _with_context_axis(_np64(states_swapped), "states_swapped")
+    base = _with_context_axis(_to_numpy(_f64(states_base)), "states_base")
+    swap = _with_context_axis(_to_numpy(_f64(states_swapped)), "states_swapped")
     if swap.shape != base.shape:
         raise ValueError(f"states_swapped {swap.shape} must match states_base {base.shape}")
     W, B = base.shape[:2]
@@ -314,7 +376,7 @@ def perturbation_scores(states_base, states_other_contexts, states_swapped, base
         uo, mo = ub, mb
         pair = mb[:, :, None] & mb[:, None, :] & ~np.eye(B, dtype=bool)[None]     # (W, B, B)
     else:
-        other = _with_context_axis(_np64(states_other_contexts),
+        other = _with_context_axis(_to_numpy(_f64(states_other_contexts)),
                                    "states_other_contexts")
         if other.shape[0] != W or other.shape[2:] != base.shape[2:]:
             raise ValueError(f"states_other_contexts {other.shape} does not match states_base {base.shape}")
@@ -332,23 +394,23 @@ def perturbation_scores(states_base, states_other_contexts, states_swapped, base
     return PerturbationScores(p1, p2)
 
 
-def perturbation_by_bucket(scores: PerturbationScores, buckets, layers=None):
+def perturbation_by_bucket(scores: PerturbationScores, buckets, layers=None) -> BucketPerturbation:
     """P1, P2 and P1 - P2 per layer per bucket.
 
     scores: PerturbationScores with p1, p2 (W, L); buckets: (W,) token count of each word; layers:
-    (L,) labels (default 0..L-1). Returns a tidy DataFrame, one row per (layer, bucket): P1, P2,
-    P1_minus_P2 (means over the bucket's words, NaN words left out), diff_std (ddof 0, over words)
-    and n_words.
+    (L,) labels (default 0..L-1). Returns a tidy BucketPerturbation, one entry per (layer, bucket),
+    in that order: P1, P2, P1_minus_P2 (means over the bucket's words, NaN words left out),
+    diff_std (ddof 0, over words) and n_words.
     """
-    import pandas as pd
-    p1, p2 = _np64(scores.p1), _np64(scores.p2)
+    p1, p2 = _to_numpy(_f64(scores.p1)), _to_numpy(_f64(scores.p2))
     W, L = p1.shape
     b = np.asarray(buckets).ravel()
     if len(b) != W:
         raise ValueError(f"{len(b)} buckets for {W} words")
     layers = np.arange(L) if layers is None else np.asarray(layers)
+    ub = np.unique(b)
     rows = []
-    for bucket in np.unique(b):
+    for bucket in ub:
         sel = b == bucket
         a1, a2 = p1[sel], p2[sel]
         ok = np.isfinite(a1) & np.isfinite(a2)
@@ -358,7 +420,9 @@ def perturbation_by_bucket(scores: PerturbationScores, buckets, layers=None):
             m2 = np.where(ok, a2, 0).sum(0) / n
             d = np.where(ok, a1 - a2, 0)
             sd = np.sqrt(np.maximum((d ** 2).sum(0) / n - (m1 - m2) ** 2, 0))
-        rows.append(pd.DataFrame({"layer": layers, "bucket": bucket, "P1": m1, "P2": m2,
-                                  "P1_minus_P2": m1 - m2, "diff_std": sd, "n_words": n}))
-    return pd.concat(rows, ignore_index=True).sort_values(["layer", "bucket"], kind="stable") \
-        .reset_index(drop=True)
+        rows.append((m1, m2, m1 - m2, sd, n))
+    cols = {"layer": np.tile(layers, len(ub)), "bucket": np.repeat(ub, L),          # bucket-major
+            **{k: np.concatenate([r[i] for r in rows])
+               for i, k in enumerate(("P1", "P2", "P1_minus_P2", "diff_std", "n_words"))}}
+    order = np.lexsort((cols["bucket"], cols["layer"]))                   # stable: ties keep order
+    return BucketPerturbation(**{k: v[order] for k, v in cols.items()})
