@@ -6,10 +6,7 @@ import warnings
 
 import numpy as np
 
-try:  # torch's sampled dense-dense product computes the float64 distances of selected pairs
-    import torch
-except ImportError:  # pragma: no cover - torch is a dependency of the project
-    torch = None
+from ._arrays import torch      # None without torch: its sampled product then has a numpy fallback
 
 # Neighbours of a cloud come from a score matrix S[i, j] = |x_j|^2 - 2 x_i.x_j = |x_i - x_j|^2
 # - |x_i|^2 (a row orders the neighbours of x_i like their squared distances) by partial
