@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 args=("$@"); i=0
 while [ $i -lt ${#args[@]} ]; do
   case "${args[$i]}" in
-    --profile) p="${args[$((i+1))]:-}"
+    --profile) p="${args[$((i+1))]:-}"; export TG_PROFILE="$p"
       [ -f "params/$p.yaml" ] || { echo "run_all.sh: unknown profile '$p'; available: $(ls params | sed -n 's/\.yaml$//p' | tr '\n' ' ')" >&2; exit 2; } ;;
     --only) j=$((i+1))
       while [ $j -lt ${#args[@]} ] && [[ "${args[$j]}" != --* ]]; do

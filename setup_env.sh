@@ -7,7 +7,11 @@
 #     pyproject.toml change (a stamp in .venv records their hash), so a second call takes ~1 s.
 TG_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TG_KERNEL="token-geometry"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+# Offline profiles (everything but paper) never reach for a hub; the paper profile downloads models and
+# data sets (and honours HF_HOME, HF_TOKEN and a pre-filled cache), unless the caller set HF_HUB_OFFLINE.
+if [ "${TG_PROFILE:-default}" != "paper" ]; then
+  export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+fi
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from tg_utils import toy_runs
-from tg_utils.nbparams import TrainToyParams
+from tg_utils.params.notebooks import TrainToyParams
 from tg_utils.paths import OutputDirs
 from tg_utils.train import read_summary, train_run
 

@@ -37,3 +37,19 @@ def test_long_tables(tmp_path):
         check_long(df.drop(columns="layer"))
     with pytest.raises(ValueError, match="must be numeric"):
         check_long(df.assign(value="x"))
+
+
+def test_saving_a_figure_twice_gives_identical_bytes(tmp_path):
+    """No timestamps in PDF or PNG: a re-run leaves committed figures unchanged (the saves are more than
+    a second apart, so a creation date would differ)."""
+    import time
+    fig, ax = plt.subplots()
+    ax.plot([1, 3, 2], label="a")
+    ax.legend()
+    save_figure(fig, "01_x", "f", "a caption", figures_dir=tmp_path)
+    first = {p.name: p.read_bytes() for p in (tmp_path / "01_x").iterdir()}
+    time.sleep(1.1)
+    save_figure(fig, "01_x", "f", "a caption", figures_dir=tmp_path)
+    second = {p.name: p.read_bytes() for p in (tmp_path / "01_x").iterdir()}
+    plt.close(fig)
+    assert first == second and {"f.png", "f.pdf"} <= set(first)

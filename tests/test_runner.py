@@ -125,3 +125,33 @@ def test_missing_corpus_file_stops_the_run_before_any_notebook(tmp_path):
     assert r.returncode == 2
     assert "section 01_train_toy_models: parameter 'corpus_path'" in r.stderr and "does not exist" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_run_temporary_files_live_under_out_and_are_removed(tmp_path):
+    body = ("import os, pathlib, tempfile\n"
+            "pathlib.Path(P.out_dir, 'tmpdir.txt').write_text(tempfile.gettempdir() + '\\n' + "
+            "os.environ.get('JUPYTER_RUNTIME_DIR', ''))")
+    root = _make_root(tmp_path, body)
+    out = tmp_path / "out"
+    stale = out / "tmp" / "999999999"                 # left by a killed run (no such process)
+    stale.mkdir(parents=True)
+    r = _run(root, "--profile", "smoke", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    seen_tmp, seen_runtime = (out / "tmpdir.txt").read_text().splitlines()
+    assert Path(seen_tmp).parent == out / "tmp" and Path(seen_runtime).parent == Path(seen_tmp)
+    assert list((out / "tmp").iterdir()) == []        # this run's folder and the stale one are gone
+
+
+def test_out_that_is_a_file_and_bad_yaml_are_named(tmp_path):
+    root = _make_root(tmp_path, "pass")
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    r = _run(root, "--profile", "smoke", "--out", str(f))
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr
+    (root / "params" / "smoke.yaml").write_text("01_train_toy_models:\n  max_steps: [2\n")
+    r = _run(root, "--profile", "smoke", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "smoke.yaml: not valid YAML" in r.stderr and "line" in r.stderr
+    (root / "params" / "smoke.yaml").write_text("01_train_toy_models:\n  max_steps: 2\n"
+                                                "01_train_toy_models:\n  max_steps: 3\n")
+    r = _run(root, "--profile", "smoke", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "'01_train_toy_models' is given twice (lines 1 and 3)" in r.stderr

@@ -302,7 +302,7 @@ def test_figures_and_findings_run_on_a_constructed_table():
 # ----------------------------------------------------------------------------- parameters
 
 def test_params_validation():
-    from tg_utils.nbparams import ComparisonParams, ShuffleParams
+    from tg_utils.params.notebooks import ComparisonParams, ShuffleParams
     ShuffleParams.from_dict({})
     ComparisonParams.from_dict({})
     with pytest.raises(ParameterError, match="n_prompts_by_model"):

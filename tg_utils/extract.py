@@ -40,15 +40,19 @@ Scaling without new code:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .models import LoadedModel, _torch_dtype
+from .models import OFFLINE_SPECS, LoadedModel
+from .models.load import torch_dtype
+from .models.unembed import DEFAULT_LOSS_CHUNK_ELEMS, next_token_nll
 
-DEFAULT_LOSS_CHUNK_ELEMS = 1 << 25       # 32M logits = 128 MB in float32 per chunk
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -173,9 +177,9 @@ def _wrapper(lm: LoadedModel, remote):
     if key in cache:
         return cache[key]
     lm.model.requires_grad_(False)           # nnsight may run the forward outside this thread's no_grad
+    # nnsight is imported on first use, on purpose: it is heavy, and the rest of this module (prompt
+    # checks, layer lists) serves callers that never trace
     if not remote:
-        import warnings
-
         from nnsight import NNsight
         with warnings.catch_warnings():      # BERT has submodules named "output": nnsight renames them
             warnings.filterwarnings("ignore", message=".*has a submodule named 'output'.*")
@@ -187,9 +191,7 @@ def _wrapper(lm: LoadedModel, remote):
         if remote == "local":          # nnsight's serialise-and-run-locally simulation of the remote path
             w = TransformersModel(lm.model, tokenizer=lm.tokenizer, task="text-generation")
         else:
-            from pathlib import Path
             from nnsight import CONFIG
-            from .models import OFFLINE_SPECS
             spec = lm.desc.spec
             if spec.startswith("toy:") or spec in OFFLINE_SPECS or Path(lm.desc.source).exists():
                 raise ValueError(f"remote=True runs a model hosted by NDIF, named by its hub id; {spec!r} is "
@@ -237,26 +239,6 @@ def _trace(wrapper, inputs: dict, paths: list[str], last_idx, remote, keep_full:
     return res
 
 
-# ============================================================================ loss
-
-def next_token_nll(h: torch.Tensor, targets: torch.Tensor, W_U: torch.Tensor, b_U: torch.Tensor | None = None,
-                   softcap: float | None = None, chunk_elems: int = DEFAULT_LOSS_CHUNK_ELEMS) -> torch.Tensor:
-    """Cross-entropy of targets [N] under logits h [N, d] @ W_U [d, V] (+ b_U, softcap), computed in chunks
-    of at most chunk_elems logits. Returns [N] float32."""
-    V = W_U.shape[1]
-    step = max(1, chunk_elems // V)
-    out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-    W = W_U.T                                      # [V, d]: the lm_head weight itself, contiguous
-    h, targets = h.to(W.device), targets.to(W.device)   # device_map="auto": the head may sit elsewhere
-    out = out.to(W.device)
-    for s in range(0, h.shape[0], step):
-        logits = F.linear(h[s:s + step].to(W.dtype), W, b_U).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        out[s:s + step] = F.cross_entropy(logits, targets[s:s + step], reduction="none")
-    return out
-
-
 # ============================================================================ the extractor
 
 def _raise_nonfinite(lm, x: torch.Tensor, layers: list[int], prompt: int, positions: str):
@@ -285,13 +267,13 @@ def extract_states(lm: LoadedModel, prompts: Sequence[Sequence[int]], layers=Non
     Raises ValueError for empty / too long / out-of-vocabulary prompts and NonFiniteStateError (naming the
     model, the state and the prompt) for NaN or inf in a state.
     """
-    from tqdm.auto import tqdm
+
 
     if positions not in ("all", "last"):
         raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    out_dtype = _torch_dtype(dtype)
+    out_dtype = torch_dtype(dtype)
     desc = lm.desc
     prompts = _as_id_lists(prompts)
     check_prompts(lm, prompts)

@@ -8,6 +8,10 @@ from pathlib import Path
 from .paths import atomic_path, resolve, write_text_atomic
 
 CAPTIONS = "captions.json"
+# No creation date (PDF) and no version string (PNG): saving the same figure twice gives the same bytes,
+# so a re-run leaves `git status` clean.
+STABLE_METADATA = {"pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+                   "png": {"Software": None}}
 
 
 def save_figure(fig, notebook: str, name: str, caption: str, data=None,
@@ -22,7 +26,7 @@ def save_figure(fig, notebook: str, name: str, caption: str, data=None,
     png = folder / f"{name}.png"
     for ext in ("png", "pdf"):
         with atomic_path(folder / f"{name}.{ext}") as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=ext)
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=ext, metadata=STABLE_METADATA[ext])
     if data is not None:
         with atomic_path(folder / f"{name}.csv") as tmp:
             data.to_csv(tmp, index=False)

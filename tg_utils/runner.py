@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import yaml
 
 from .params import ParameterError, load_profile, params_class
@@ -55,14 +57,12 @@ class PeakMemory:
     """Samples the resident memory of a process tree (papermill + its kernel) in a thread."""
 
     def __init__(self, pid: int, interval: float = 0.2):
-        import psutil
         self.proc = psutil.Process(pid)
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self):
-        import psutil
         while not self._stop.is_set():
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
@@ -99,18 +99,38 @@ def failing_cell(executed: Path) -> str:
     return "no cell recorded an error (the kernel may have died: out of memory, or killed)"
 
 
-def run_notebook(nb: Path, params: dict, executed: Path, kernel: str, log_output: bool) -> tuple[int, float, float, str]:
-    """Execute one notebook with papermill in a subprocess. Returns (rc, seconds, peak GiB, stderr tail)."""
+def run_tmp(out: Path) -> Path:
+    """This run's temporary folder, <out>/tmp/<pid>/: papermill's parameter files and the kernel's
+    connection files live there (TMPDIR, JUPYTER_RUNTIME_DIR) and are removed when the run ends, however
+    it ends; folders left by runs that no longer exist (SIGKILL) are removed when the next run starts."""
+    root = out / "tmp"
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.isdigit() and not psutil.pid_exists(int(d.name)):
+                shutil.rmtree(d, ignore_errors=True)
+    tmp = root / str(os.getpid())
+    tmp.mkdir(parents=True, exist_ok=True)
+    return tmp
+
+
+def run_notebook(nb: Path, params: dict, executed: Path, kernel: str, log_output: bool,
+                 tmp: Path | None = None) -> tuple[int, float, float, str]:
+    """Execute one notebook with papermill in a subprocess. Returns (rc, seconds, peak GiB, stderr tail).
+    tmp: the folder for temporary files (the system's when None)."""
     executed.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, dir=tmp) as f:
         yaml.safe_dump(params, f)
         pfile = f.name
+    env = None
+    if tmp is not None:
+        (tmp / "runtime").mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime")}
     cmd = [sys.executable, "-m", "papermill", str(nb), str(executed), "-k", kernel, "-f", pfile,
            "--cwd", str(nb.parent), "--request-save-on-cell-execute"]
     if log_output:
         cmd.append("--log-output")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     mem = PeakMemory(proc.pid)
     err_lines = []
     try:
@@ -173,7 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)   # also when started with SIGINT ignored (a
                                                                # background job of a non-interactive shell)
     out, figs = output_root(args.profile, args.out), figures_root(args.profile, args.out)
+    if out.exists() and not out.is_dir():
+        print(f"run_all.sh: --out {out} is a file, not a folder; give a folder (it is created if missing)",
+              file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
+    tmp = run_tmp(out)
+    try:
+        return _run_all(args, notebooks, sections, out, figs, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_all(args, notebooks: list[Path], sections: dict, out: Path, figs: Path, tmp: Path) -> int:
     log_path = out / "run_log.csv"
     print(f"[run_all] profile {args.profile}: {len(notebooks)} notebooks, outputs in {out}, figures in {figs}",
           flush=True)
@@ -184,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         executed = out / "notebooks" / nb.name
         print(f"[run_all] {nb.stem} ...", flush=True)
         try:
-            rc, secs, peak, tail = run_notebook(nb, params, executed, args.kernel, args.log_output)
+            rc, secs, peak, tail = run_notebook(nb, params, executed, args.kernel, args.log_output, tmp)
         except KeyboardInterrupt:
             print(f"\n[run_all] interrupted during {nb.stem}. Finished work is kept (checkpoints, caches and "
                   f"tables are written atomically): run the same command again to resume.", file=sys.stderr,

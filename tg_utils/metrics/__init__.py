@@ -37,10 +37,10 @@ gride       GrideResult, gride, gride_scales, gride_from_rank_distances
 overlap     neighborhood_overlap, overlap_from_indices
 spectra     eigenspectrum, rankme, AlphaReq, alpha_req, power_law_intercept
 profile     LayerProfile, layer_profile
-stats       bootstrap means with intervals, Pearson correlations (not re-exported: import
-            tg_utils.metrics.stats)
-trajectory  the phase rule of training trajectories, token convergence per bucket, context
-            perturbation (not re-exported: import tg_utils.metrics.trajectory)
+stats       bootstrap means with intervals, Pearson correlations
+trajectory  the phase rule of training trajectories (RankMe / alpha-ReQ curves -> phases)
+word_states token convergence and context perturbation per bucket of words
+            (stats, trajectory, word_states are not re-exported: import the module)
 The functions `knn` and `gride` shadow their modules as attributes of this package; import a
 module's private helpers with `from tg_utils.metrics.knn import ...` (which reads sys.modules).
 """

@@ -1,6 +1,7 @@
-"""tg_utils.attention: per-head W_qk / W_vo against the toy model's own attention forward, SVD through
-the factors, grouped-query head mapping, the sign rule, coverage, embedding-norm scorings, the
-single-token noun filter, the ellipse probe and the UMAP trajectory. No network."""
+"""tg_utils.weights: per-head W_qk / W_vo against the toy model's own attention forward, SVD through
+the factors, singular values, grouped-query head mapping, the sign rule, coverage, the vocabulary scan,
+embedding-norm scorings, the single-token noun filter, the per-block probe (singular-direction tokens and
+the ellipse probe) against direct computation, and the UMAP trajectory. No network."""
 from __future__ import annotations
 
 import math
@@ -8,11 +9,12 @@ from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from tg_utils import attention as A
 from tg_utils import toy_model as TM
+from tg_utils import weights as W
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -78,7 +80,7 @@ def test_qk_scores_equal_attention_forward(preset, monkeypatch):
         ones, zeros = torch.ones(1, 1, T, dh), torch.zeros(1, 1, T, dh)
         blk.attn(x, ones, zeros)
     W_Q, W_K, W_V, W_O = head_weights(blk.attn)
-    W_qk = A.qk_matrices(W_Q, W_K)                                            # [H, d, d] float64
+    W_qk = W.qk_matrices(W_Q, W_K)                                            # [H, d, d] float64
     xd = x.double()
     ours = torch.einsum("bid,hde,bje->bhij", xd, W_qk, xd)                    # x W_qk x'^T per head
     q, k = captured["q"].double(), captured["k"].double()
@@ -99,7 +101,7 @@ def test_vo_equals_single_token_attention_output(preset):
         cos, sin = model.rotary(torch.zeros(3, 1, dtype=torch.long))         # position 0 (RoPE: identity)
         out = blk.attn(x, cos, sin)[:, 0]                                    # softmax weight 1 on itself
     W_Q, W_K, W_V, W_O = head_weights(blk.attn)
-    W_vo = A.vo_matrices(W_V, W_O)                                            # [H, d, d]
+    W_vo = W.vo_matrices(W_V, W_O)                                            # [H, d, d]
     ours = x[:, 0].double() @ W_vo.sum(0)
     if blk.attn.o_proj.bias is not None:
         ours = ours + blk.attn.o_proj.bias.double()
@@ -118,17 +120,17 @@ def test_description_convention():
     a = desc.attn[1]
     for ours, theirs in ((W_Q, a.W_Q), (W_K, a.W_K), (W_V, a.W_V), (W_O, a.W_O)):
         torch.testing.assert_close(ours, theirs)
-    torch.testing.assert_close(A.kv_head_map(desc.n_heads, desc.n_kv_heads), desc.kv_head_map)
+    torch.testing.assert_close(W.kv_head_map(desc.n_heads, desc.n_kv_heads), desc.kv_head_map)
 
 
 # ----------------------------------------------------------------------------- GQA
 
 def test_kv_head_map_gqa():
-    assert A.kv_head_map(8, 2).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert A.kv_head_map(6, 6).tolist() == list(range(6))
-    assert A.kv_head_map(9, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert W.kv_head_map(8, 2).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert W.kv_head_map(6, 6).tolist() == list(range(6))
+    assert W.kv_head_map(9, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     with pytest.raises(ValueError):
-        A.kv_head_map(8, 3)
+        W.kv_head_map(8, 3)
 
 
 def test_gqa_matrices_use_the_shared_kv_head():
@@ -136,7 +138,7 @@ def test_gqa_matrices_use_the_shared_kv_head():
     H, Hkv, d, dh = 8, 2, 12, 3
     W_Q, W_O = torch.randn(H, d, dh, generator=g), torch.randn(H, dh, d, generator=g)
     W_K, W_V = torch.randn(Hkv, d, dh, generator=g), torch.randn(Hkv, d, dh, generator=g)
-    qk, vo = A.qk_matrices(W_Q, W_K), A.vo_matrices(W_V, W_O)
+    qk, vo = W.qk_matrices(W_Q, W_K), W.vo_matrices(W_V, W_O)
     assert qk.shape == vo.shape == (H, d, d) and qk.dtype == torch.float64
     W_Q, W_K, W_V, W_O = (w.double() for w in (W_Q, W_K, W_V, W_O))
     for h in range(H):
@@ -145,10 +147,10 @@ def test_gqa_matrices_use_the_shared_kv_head():
         torch.testing.assert_close(vo[h], W_V[g_] @ W_O[h])
     # an explicit map and an explicit scale
     m = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
-    qk2 = A.qk_matrices(W_Q, W_K, kv_map=m, scale=0.5)
+    qk2 = W.qk_matrices(W_Q, W_K, kv_map=m, scale=0.5)
     torch.testing.assert_close(qk2[0], W_Q[0] @ W_K[1].T * 0.5)
     with pytest.raises(ValueError):
-        A.qk_factors(W_Q, W_K, kv_map=torch.tensor([0, 2, 0, 0, 0, 0, 0, 0]))
+        W.qk_factors(W_Q, W_K, kv_map=torch.tensor([0, 2, 0, 0, 0, 0, 0, 0]))
 
 
 def test_gqa_scores_and_updates_equal_a_hf_llama_forward():
@@ -176,13 +178,13 @@ def test_gqa_scores_and_updates_equal_a_hf_llama_forward():
     with torch.no_grad():
         out = m(ids, position_ids=torch.zeros(1, T, dtype=torch.long), output_attentions=True)
         x = m.model.layers[0].input_layernorm(m.model.embed_tokens(ids))[0].double()
-    W_qk = A.qk_matrices(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale)
+    W_qk = W.qk_matrices(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale)
     scores = torch.einsum("id,hde,je->hij", x, W_qk, x)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     ref = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
     torch.testing.assert_close(out.attentions[0][0].double(), ref, rtol=1e-4, atol=1e-5)
     # a wrong map (query head h reading kv head h % 2) does not reproduce the model
-    wrong = A.qk_matrices(a.W_Q, a.W_K, torch.tensor([0, 1, 0, 1]), desc.attn_scale)
+    wrong = W.qk_matrices(a.W_Q, a.W_K, torch.tensor([0, 1, 0, 1]), desc.attn_scale)
     s2 = torch.softmax(torch.einsum("id,hde,je->hij", x, wrong, x).masked_fill(~causal, float("-inf")), -1)
     assert not torch.allclose(out.attentions[0][0].double(), s2, atol=1e-3)
     # W_vo: one token attends only to itself
@@ -191,7 +193,7 @@ def test_gqa_scores_and_updates_equal_a_hf_llama_forward():
     with torch.no_grad():
         cos, sin = m.model.rotary_emb(x1, torch.zeros(3, 1, dtype=torch.long))
         y = attn(x1, position_embeddings=(cos, sin), attention_mask=None)[0][:, 0]
-    W_vo = A.vo_matrices(a.W_V, a.W_O, desc.kv_head_map)
+    W_vo = W.vo_matrices(a.W_V, a.W_O, desc.kv_head_map)
     torch.testing.assert_close(x1[:, 0].double() @ W_vo.sum(0), y.double(), rtol=1e-5, atol=1e-6)
 
 
@@ -202,7 +204,7 @@ def test_factored_svd_equals_dense(m, r, n):
     g = torch.Generator().manual_seed(m + r + n)
     Af, Bf = torch.randn(3, m, r, generator=g, dtype=torch.float64), torch.randn(3, r, n, generator=g,
                                                                                    dtype=torch.float64)
-    fm = A.FactoredMatrix(Af, Bf)
+    fm = W.FactoredMatrix(Af, Bf)
     assert fm.shape == (3, m, n)
     svd = fm.svd()
     kk = min(m, n, r)
@@ -219,8 +221,8 @@ def test_factored_svd_equals_dense(m, r, n):
     torch.testing.assert_close(cu, cv, rtol=0, atol=1e-8)
     # after the sign rule both are identical
     ref = torch.randn(50, m, generator=g, dtype=torch.float64)
-    a = A.sign_align(svd, ref, "left")
-    b = A.sign_align(A.SVD(U[..., :kk], S[:, :kk], Vh.mT[..., :kk]), ref, "left")
+    a = W.sign_align(svd, ref, "left")
+    b = W.sign_align(W.SVD(U[..., :kk], S[:, :kk], Vh.mT[..., :kk]), ref, "left")
     torch.testing.assert_close(a.U, b.U, rtol=0, atol=1e-8)
     torch.testing.assert_close(a.V, b.V, rtol=0, atol=1e-8)
 
@@ -232,39 +234,38 @@ def test_sign_rule():
     S = torch.tensor([2.0, 1.0], dtype=torch.float64)
     ref = torch.tensor([[1.0, 2.0], [-3.0, -1.0], [0.5, 1.0]], dtype=torch.float64)
     # u_0: s = [1, -3, 0.5]: max 1 < |min| 3 -> flip;  u_1: s = [2, -1, 1]: max 2 > 1 -> keep
-    svd = A.sign_align(A.SVD(U, S, V), ref, "left")
+    svd = W.sign_align(W.SVD(U, S, V), ref, "left")
     torch.testing.assert_close(svd.U, torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
     torch.testing.assert_close(svd.V[:, 0], -V[:, 0])                      # the pair flips together
     torch.testing.assert_close(svd.V[:, 1], V[:, 1])
-    torch.testing.assert_close(svd.matrix(), A.SVD(U, S, V).matrix())     # M unchanged
+    torch.testing.assert_close(svd.matrix(), W.SVD(U, S, V).matrix())     # M unchanged
     for i in range(2):
         s = ref @ svd.U[:, i]
         assert s.max() >= -s.min()
     # side="right" looks at V
-    svd_r = A.sign_align(A.SVD(U, S, V), ref, "right")
+    svd_r = W.sign_align(W.SVD(U, S, V), ref, "right")
     for i in range(2):
         s = ref @ svd_r.V[:, i]
         assert s.max() >= -s.min()
     # a tie (max == |min|) is not flipped
-    tie = A.sign_align(A.SVD(U, S, V), torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64))
+    tie = W.sign_align(W.SVD(U, S, V), torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64))
     torch.testing.assert_close(tie.U, U)
     # the reference goes through the norm: a norm that negates the rows reverses every decision
-    neg = A.sign_align(A.SVD(U, S, V), ref, "left", norm=lambda x: -x)
+    neg = W.sign_align(W.SVD(U, S, V), ref, "left", norm=lambda x: -x)
     torch.testing.assert_close(neg.U, -svd.U)
 
 
 def test_coverage_and_rank():
     S = torch.tensor([[3.0, 2.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    c = A.singular_value_coverage(S)
+    c = W.singular_value_coverage(S)
     torch.testing.assert_close(c[0], torch.tensor([9 / 14, 13 / 14, 1.0, 1.0], dtype=torch.float64))
-    assert A.rank_at_coverage(S, 0.99).tolist() == [3, 1, 0]
-    assert A.rank_at_coverage(S[0], 0.9).item() == 2
-    assert A.rank_at_coverage(S[0], 0.5).item() == 1
-    assert A.rank_at_coverage(S[0], 13 / 14).item() == 2                # reached exactly
-    svd = A.SVD(torch.zeros(3, 5, 4), S, torch.zeros(3, 5, 4))
-    t = A.coverage_table(svd, "qk")
+    assert W.rank_at_coverage(S, 0.99).tolist() == [3, 1, 0]
+    assert W.rank_at_coverage(S[0], 0.9).item() == 2
+    assert W.rank_at_coverage(S[0], 0.5).item() == 1
+    assert W.rank_at_coverage(S[0], 13 / 14).item() == 2                # reached exactly
+    t = W.coverage_table(S, "qk")
     assert t["rank_at_level"].tolist() == [3, 1, 0] and t["head"].tolist() == [0, 1, 2]
-    curve = A.coverage_curve(svd, "qk")
+    curve = pd.DataFrame(W.coverage_curve(S, "qk"))
     assert len(curve) == 12 and curve["rank"].tolist()[:4] == [1, 2, 3, 4]
 
 
@@ -273,7 +274,7 @@ def test_coverage_and_rank():
 def test_embedding_norm_scores_by_hand():
     W_E = torch.tensor([[3.0, 4.0], [0.0, 1.0], [1.0, 0.0], [-2.0, 0.0]])
     g, b = torch.tensor([2.0, 1.0]), torch.tensor([1.0, -1.0])
-    sc = A.embedding_norm_scores(W_E, g, b)
+    sc = W.embedding_norm_scores(W_E, g, b)
     np.testing.assert_allclose(sc.norm, [5, 1, 1, 2])
     np.testing.assert_allclose(sc.scaled_norm, [math.sqrt(52), 1, 2, 4])
     np.testing.assert_allclose(sc.bias, [-1, -1, 1, -2])
@@ -285,18 +286,19 @@ def test_embedding_norm_scores_by_hand():
     logits = (xs * g.double() + b.double()) @ W_E.double().T
     np.testing.assert_allclose(logits.max(0).values.numpy(), sc.both, rtol=1e-6)
     # RMSNorm: no bias -> the bias and both scorings do not exist
-    rms = A.embedding_norm_scores(W_E, g)
+    rms = W.embedding_norm_scores(W_E, g)
     assert rms.bias is None and rms.both is None and "no bias" in rms.note
     assert list(rms.as_dict()) == ["norm", "scaled_norm"]
-    plain = A.embedding_norm_scores(W_E)
+    plain = W.embedding_norm_scores(W_E)
     np.testing.assert_allclose(plain.scaled_norm, plain.norm)
     with pytest.raises(ValueError):
-        A.embedding_norm_scores(W_E, torch.ones(3))
+        W.embedding_norm_scores(W_E, torch.ones(3))
 
 
 def test_top_bottom_tokens_table(word_tokenizer):
     W_E = torch.tensor([[3.0, 4.0], [0.0, 1.0], [1.0, 0.0], [-2.0, 0.0]])
-    df = A.top_bottom_tokens(A.embedding_norm_scores(W_E, torch.tensor([2.0, 1.0])), word_tokenizer, k=2)
+    df = pd.DataFrame(W.top_bottom_tokens(W.embedding_norm_scores(W_E, torch.tensor([2.0, 1.0])), word_tokenizer,
+                                          k=2))
     assert list(df.columns) == ["scoring", "rank", "side", "token_id", "token", "token_raw", "score"]
     assert set(df["scoring"]) == {"norm", "scaled_norm"} and len(df) == 8
     top = df[(df.scoring == "norm") & (df.side == "top")]
@@ -305,7 +307,7 @@ def test_top_bottom_tokens_table(word_tokenizer):
     assert bottom["token_id"].tolist() == [1, 2]                           # tie: lower id first
     assert df["token"].iloc[0] == word_tokenizer.decode([0])
     # a mapping with a missing scoring and NaN scores
-    df2 = A.top_bottom_tokens({"a": np.array([1.0, np.nan, 3.0]), "b": None}, None, k=5)
+    df2 = pd.DataFrame(W.top_bottom_tokens({"a": np.array([1.0, np.nan, 3.0]), "b": None}, None, k=5))
     assert set(df2["scoring"]) == {"a"} and len(df2) == 4 and 1 not in df2["token_id"].tolist()
     assert df2["token"].tolist()[0] == "2"
 
@@ -322,49 +324,58 @@ def test_norm_handling():
         rms.weight.copy_(w)
         ln.weight.copy_(w)
         ln.bias.copy_(b)
-    torch.testing.assert_close(A.rms_norm(x, w, eps=1e-6), rms(x).detach())
-    torch.testing.assert_close(A.layer_norm(x, w, b, eps=1e-5), ln(x).detach())
-    torch.testing.assert_close(A.as_norm(rms)(x), rms(x).detach())
-    torch.testing.assert_close(A.as_norm(SimpleNamespace(module=ln))(x), ln(x).detach())   # a NormInfo
-    assert A.as_norm(None)(x) is x
+    torch.testing.assert_close(W.rms_norm(x, w, eps=1e-6), rms(x).detach())
+    torch.testing.assert_close(W.layer_norm(x, w, b, eps=1e-5), ln(x).detach())
+    torch.testing.assert_close(W.as_norm(rms)(x), rms(x).detach())
+    torch.testing.assert_close(W.as_norm(SimpleNamespace(module=ln))(x), ln(x).detach())   # a NormInfo
+    assert W.as_norm(None)(x) is x
     # Gemma's (1 + w) scale
-    torch.testing.assert_close(A.rms_norm(x, w - 1, eps=1e-6, weight_offset=1.0), rms(x).detach())
+    torch.testing.assert_close(W.rms_norm(x, w - 1, eps=1e-6, weight_offset=1.0), rms(x).detach())
     # a float32 module on float64 input comes back float64
-    assert A.as_norm(torch.nn.RMSNorm(8))(x).dtype == torch.float64
+    assert W.as_norm(torch.nn.RMSNorm(8))(x).dtype == torch.float64
 
 
 # ----------------------------------------------------------------------------- singular-direction tokens
 
-def test_head_svd_and_direction_tokens(word_tokenizer):
+def test_block_probe_direction_tokens(word_tokenizer):
+    """The directions table of the per-block probe: the top-k tokens of every head's first singular pairs of
+    W_qk and W_vo after the sign rule (W_qk on the query side against norm(W_E), W_vo on the output side
+    against W_U.T), as ``sign_align`` aligns them on its own."""
     g = torch.Generator().manual_seed(3)
     H, Hkv, d, dh, V = 4, 2, 16, 4, 40
     W_Q, W_O = torch.randn(H, d, dh, generator=g), torch.randn(H, dh, d, generator=g)
     W_K, W_V = torch.randn(Hkv, d, dh, generator=g), torch.randn(Hkv, d, dh, generator=g)
     W_E, W_U = torch.randn(V, d, generator=g), torch.randn(d, V, generator=g)
     w = torch.rand(d, generator=g) + 0.5
-    norm = partial(A.rms_norm, weight=w, eps=1e-6)
-    hs = A.head_svd(W_Q, W_K, W_V, W_O, W_E, W_U, norm=norm, chunk=7)      # chunked vocabulary scans
-    torch.testing.assert_close(hs.qk.matrix(), A.qk_matrices(W_Q, W_K))
-    torch.testing.assert_close(hs.vo.matrix(), A.vo_matrices(W_V, W_O))
-    En = norm(W_E.double())
-    s_q = torch.einsum("vd,hdk->hvk", En, hs.qk.U)                         # query side vs normed E
-    assert (s_q.amax(1) >= -s_q.amin(1) - 1e-12).all()
-    s_o = torch.einsum("vd,hdk->hvk", W_U.T.double(), hs.vo.V)            # output side vs unembedding
-    assert (s_o.amax(1) >= -s_o.amin(1) - 1e-12).all()
-    df = A.singular_direction_tokens(hs, W_E, W_U, norm=norm, tokenizer=word_tokenizer,
-                                     n_components=2, k=3, chunk=7)
-    assert list(df.columns) == ["kind", "head", "component", "sigma", "side", "rank", "token_id", "token",
-                                "token_raw", "score"]
+    norm = partial(W.rms_norm, weight=w, eps=1e-6)
+    res = W.block_probe(W_Q, W_K, W_V, W_O, W_E, W_U, norm=norm, n_components=2, k=3, tokenizer=word_tokenizer,
+                        layer=5, chunk=7)                                   # chunked vocabulary scans
+    assert res.ellipse is None                                              # no query tokens
+    df = pd.DataFrame(res.directions)
+    assert list(df.columns) == W.DIRECTION_COLUMNS and set(df["layer"]) == {5}
     assert len(df) == 2 * 2 * H * 2 * 3                                     # kinds x sides x heads x comps x k
-    # spot check: head 2, component 1, key side of qk
-    sel = df[(df.kind == "qk") & (df.side == "key") & (df["head"] == 2) & (df.component == 1)]
-    scores = En @ hs.qk.V[2, :, 1]
-    assert sel["token_id"].tolist() == scores.argsort(descending=True)[:3].tolist()
-    np.testing.assert_allclose(sel["score"], scores.sort(descending=True).values[:3].numpy(), rtol=1e-5)
-    assert sel["sigma"].iloc[0] == pytest.approx(hs.qk.S[2, 1].item())
-    sel = df[(df.kind == "vo") & (df.side == "output") & (df["head"] == 0) & (df.component == 0)]
-    scores = W_U.T.double() @ hs.vo.V[0, :, 0]
-    assert sel["token_id"].tolist() == scores.argsort(descending=True)[:3].tolist()
+    qk = W.sign_align(W.qk_factors(W_Q, W_K).svd(), W_E, "left", norm, chunk=7)
+    vo = W.sign_align(W.vo_factors(W_V, W_O).svd(), W_U.T, "right", chunk=7)
+    torch.testing.assert_close(qk.matrix(), W.qk_matrices(W_Q, W_K))      # the flips leave M unchanged
+    torch.testing.assert_close(vo.matrix(), W.vo_matrices(W_V, W_O))
+    En = norm(W_E.double())
+    s_q = torch.einsum("vd,hdk->hvk", En, qk.U)                            # query side vs normed E
+    assert (s_q.amax(1) >= -s_q.amin(1) - 1e-12).all()
+    s_o = torch.einsum("vd,hdk->hvk", W_U.T.double(), vo.V)               # output side vs unembedding
+    assert (s_o.amax(1) >= -s_o.amin(1) - 1e-12).all()
+    for kind, svd, sides in (("qk", qk, (("query", "U", En), ("key", "V", En))),
+                             ("vo", vo, (("input", "U", En), ("output", "V", W_U.T.double())))):
+        for side, attr, ref in sides:
+            for h in range(H):
+                for c in range(2):
+                    sel = df[(df.kind == kind) & (df.side == side) & (df["head"] == h) & (df.component == c)]
+                    scores = ref @ getattr(svd, attr)[h, :, c]
+                    assert sel["token_id"].tolist() == scores.argsort(descending=True)[:3].tolist()
+                    assert sel["rank"].tolist() == [1, 2, 3]
+                    np.testing.assert_allclose(sel["score"], scores.sort(descending=True).values[:3].numpy(),
+                                               rtol=1e-5)
+                    assert sel["sigma"].iloc[0] == pytest.approx(svd.S[h, c].item())
+    assert df["token"].tolist() == [word_tokenizer.decode([i]) for i in df["token_id"]]
 
 
 # ----------------------------------------------------------------------------- nouns
@@ -391,23 +402,16 @@ def test_single_token_nouns_filter():
     fast = PreTrainedTokenizerFast(tokenizer_object=raw)
     nouns = ["cat", "house", "dog", "cat", "sun", " "]
     for tok in (fast, raw):
-        df = A.single_token_nouns(tok, nouns)
+        df = pd.DataFrame(W.single_token_nouns(tok, nouns))
         assert df["noun"].tolist() == ["cat", "dog", "sun"]                 # " house" is 2 tokens; dup once
         assert df["token_id"].tolist() == [raw.token_to_id(t) for t in ("Ġcat", "Ġdog", "Ġsun")]
         assert df["token"].tolist() == [" cat", " dog", " sun"]
-    assert A.single_token_nouns(fast, nouns, prefix="").empty              # "cat" alone is c|a|t
-
-
-def test_common_nouns_file():
-    nouns = A.load_common_nouns()
-    assert len(nouns) == 100 and len(set(nouns)) == 100
-    assert nouns[:6] == ["time", "year", "people", "way", "day", "man"]
-    assert all(n.isalpha() and n.islower() for n in nouns)
+    assert len(W.single_token_nouns(fast, nouns, prefix="")["noun"]) == 0  # "cat" alone is c|a|t
 
 
 # ----------------------------------------------------------------------------- ellipse probe
 
-def test_ellipse_probe_against_direct_computation():
+def test_block_probe_ellipse_against_direct_computation():
     g = torch.Generator().manual_seed(5)
     H, Hkv, d, dh, V = 4, 2, 16, 4, 50
     W_Q, W_O = torch.randn(H, d, dh, generator=g), torch.randn(H, dh, d, generator=g)
@@ -418,13 +422,14 @@ def test_ellipse_probe_against_direct_computation():
     with torch.no_grad():
         rms.weight.uniform_(0.5, 1.5, generator=g)
     q_ids = [3, 17, 42]
-    df = A.ellipse_probe(q_ids, W_E, W_Q, W_K, W_V, W_O, W_U, norm=rms, final_norm_weight=gain, k=5,
-                         labels=["a", "b", "c"], layer=2, chunk=8)
+    res = W.block_probe(W_Q, W_K, W_V, W_O, W_E, W_U, norm=rms, query_ids=q_ids, labels=["a", "b", "c"],
+                        final_norm_weight=gain, k=5, layer=2, chunk=8)
+    df = pd.DataFrame(res.ellipse)
     assert list(df.columns) == ["layer", "noun", "query_id", "head", "probe", "rank", "token_id", "token",
                                 "token_raw", "score"]
     assert len(df) == 2 * H * 3 * 5
-    En = A.rms_norm(W_E.double(), rms.weight.detach().double(), eps=1e-6)
-    Wqk, Wvo = A.qk_matrices(W_Q, W_K), A.vo_matrices(W_V, W_O)
+    En = W.rms_norm(W_E.double(), rms.weight.detach().double(), eps=1e-6)
+    Wqk, Wvo = W.qk_matrices(W_Q, W_K), W.vo_matrices(W_V, W_O)
     for h in (0, 3):
         for label, t in zip("abc", q_ids):
             keys = En[t] @ Wqk[h] @ En.T
@@ -434,8 +439,10 @@ def test_ellipse_probe_against_direct_computation():
             logits = ((En[t] @ Wvo[h]) * gain.double()) @ W_U.double()
             sel = df[(df.probe == "update") & (df["head"] == h) & (df.noun == label)]
             assert sel["token_id"].tolist() == logits.argsort(descending=True)[:5].tolist()
-    # heads subset; no unembedding -> tied (W_E.T)
-    df2 = A.ellipse_probe(q_ids[:1], W_E, W_Q, W_K, W_V, W_O, norm=rms, heads=[1], k=2)
+    # heads subset; tied embeddings (W_U = W_E.T); labels default to the decoded tokens
+    df2 = pd.DataFrame(W.block_probe(W_Q, W_K, W_V, W_O, W_E, W_E.T, norm=rms, query_ids=q_ids[:1], heads=[1],
+                                     k=2).ellipse)
+    assert df2["noun"].tolist() == ["3"] * 4
     assert set(df2["head"]) == {1} and len(df2) == 4
     logits = (En[3] @ Wvo[1]) @ W_E.double().T
     assert df2[df2.probe == "update"]["token_id"].tolist() == logits.argsort(descending=True)[:2].tolist()
@@ -449,7 +456,7 @@ def test_umap_trajectory_shapes_and_determinism():
     W_E = centres[torch.randint(0, 6, (300,), generator=g)] + 0.3 * torch.randn(300, 16, generator=g)
     W_E[7] = 0.0                                                              # a zero row is never fitted
     states = torch.randn(4, 5, 16, generator=g) * torch.arange(1, 5).view(4, 1, 1)
-    norm = partial(A.rms_norm, eps=1e-6)
+    norm = partial(W.rms_norm, eps=1e-6)
     kw = dict(n_neighbors=8, seed=0, n_fit=200, n_epochs=30, norm=norm)
     import os
 
@@ -459,13 +466,13 @@ def test_umap_trajectory_shapes_and_determinism():
         launched_before = True
     except ValueError:
         launched_before = False
-    a = A.umap_trajectory(W_E, states, **kw)
+    a = W.umap_trajectory(W_E, states, **kw)
     # numba's OpenMP layer beside torch's made later torch LAPACK calls 20-30x slower: workqueue is chosen
     if not launched_before and "NUMBA_THREADING_LAYER" not in os.environ:
         assert numba.threading_layer() == "workqueue"
     if not launched_before:      # (numba.get_num_threads() itself launches the layer: only asked afterwards)
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS    # the thread cap is undone
-    b = A.umap_trajectory(W_E, states, **kw)
+    b = W.umap_trajectory(W_E, states, **kw)
     assert a.coords.shape == (4, 5, 3) and a.embedding_coords.shape == (200, 3)
     assert a.norms.shape == (4, 5) and a.normed_norms.shape == (4, 5)
     assert 7 not in a.fit_ids.tolist() and len(set(a.fit_ids.tolist())) == 200
@@ -476,16 +483,65 @@ def test_umap_trajectory_shapes_and_determinism():
     np.testing.assert_array_equal(a.embedding_coords, b.embedding_coords)
     np.testing.assert_array_equal(a.fit_ids, b.fit_ids)
     with pytest.raises(ValueError):
-        A.umap_trajectory(W_E, states[0], **kw)
+        W.umap_trajectory(W_E, states[0], **kw)
 
 
 def test_sign_align_first_components_only():
     g = torch.Generator().manual_seed(9)
-    M = A.FactoredMatrix(torch.randn(2, 10, 4, generator=g), torch.randn(2, 4, 10, generator=g))
+    M = W.FactoredMatrix(torch.randn(2, 10, 4, generator=g), torch.randn(2, 4, 10, generator=g))
     svd = M.svd()
     ref = torch.randn(30, 10, generator=g, dtype=torch.float64)
-    full = A.sign_align(svd, ref, "left")
-    part = A.sign_align(svd, ref, "left", components=2)
+    full = W.sign_align(svd, ref, "left")
+    part = W.sign_align(svd, ref, "left", components=2)
     torch.testing.assert_close(part.U[..., :2], full.U[..., :2])
     torch.testing.assert_close(part.U[..., 2:], svd.U[..., 2:])             # the rest untouched
     torch.testing.assert_close(part.matrix(), svd.matrix())
+
+
+def test_singular_values_match_factored_svd():
+    g = torch.Generator().manual_seed(0)
+    Af = torch.randn(3, 40, 6, generator=g, dtype=torch.float64)
+    Bf = torch.randn(3, 6, 30, generator=g, dtype=torch.float64)
+    Af[1, :, 2:] = 0                                   # a rank-deficient head: the QR fallback
+    fm = W.FactoredMatrix(Af, Bf)
+    S = W.singular_values(fm)
+    ref = W.factored_svd(Af, Bf).S
+    torch.testing.assert_close(S, ref, rtol=1e-10, atol=1e-10)
+    dense = torch.linalg.svdvals(Af @ Bf)[:, :6]
+    torch.testing.assert_close(S, dense, rtol=1e-10, atol=1e-10)
+
+
+def test_vocab_extremes_one_pass_for_two_groups():
+    """bottom=n: the first n vectors get both ends, the rest only the top, in one pass; the same extremes as
+    the direct sort, and as scanning each group on its own."""
+    g = torch.Generator().manual_seed(4)
+    rows, both, top = (torch.randn(70, 8, generator=g), torch.randn(5, 8, generator=g, dtype=torch.float64),
+                       torch.randn(3, 8, generator=g, dtype=torch.float64))
+    norm = partial(W.rms_norm, eps=1e-6)
+    ext = W.vocab_extremes(torch.cat([both, top]), rows, k=4, norm=norm, chunk=9, bottom=5)
+    assert ext.top_ids.shape == (8, 4) and ext.bottom_ids.shape == (5, 4)
+    scores = torch.cat([both, top]).float() @ norm(rows).T
+    assert ext.top_ids.tolist() == scores.argsort(1, descending=True)[:, :4].tolist()
+    assert ext.bottom_ids.tolist() == scores[:5].argsort(1)[:, :4].tolist()
+    torch.testing.assert_close(ext.top_values, scores.sort(1, descending=True).values[:, :4])
+    alone = W.vocab_extremes(both, rows, k=4, norm=norm, chunk=9)
+    assert alone.top_ids.tolist() == ext.top_ids[:5].tolist()
+    assert alone.bottom_ids.tolist() == ext.bottom_ids.tolist()
+    none = W.vocab_extremes(top, rows, k=4, norm=norm, bottom=False)
+    assert none.bottom_ids.numel() == 0 and none.top_ids.tolist() == ext.top_ids[5:].tolist()
+
+
+@pytest.mark.parametrize("kind", ["rms", "layer"])
+def test_standardised_rows_then_affine_is_the_norm(kind):
+    g = torch.Generator().manual_seed(6)
+    E = torch.randn(50, 12, generator=g)
+    w, b = torch.rand(12, generator=g) + 0.5, torch.randn(12, generator=g)
+    rows = W.standardised_rows(E, kind, 1e-5, chunk=7)
+    if kind == "rms":
+        ref = W.rms_norm(E, w, eps=1e-5)
+        got = W.affine(w, None)(rows)
+    else:
+        ref = W.layer_norm(E, w, b, eps=1e-5)
+        got = W.affine(w, b)(rows)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert W.affine(None, None) is None

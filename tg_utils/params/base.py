@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .paths import resolve
+from ..paths import resolve
 
 
 class ParameterError(ValueError):
@@ -132,7 +132,7 @@ class NotebookParams:
 
 
 # ---------------------------------------------------------------- registry of notebooks
-# Each notebook module of parameters registers itself here: "NN_name" -> dataclass.
+# tg_utils.params.notebooks registers each notebook's dataclass here (importing tg_utils.params does it): "NN_name" -> dataclass.
 NOTEBOOKS: dict[str, type[NotebookParams]] = {}
 
 
@@ -143,18 +143,11 @@ def register(name: str):
     return deco
 
 
-def _ensure_registry() -> None:
-    # The dataclasses live in tg_utils.nbparams; importing it fills NOTEBOOKS.
-    from . import nbparams  # noqa: F401
-
-
 def notebook_names() -> list[str]:
-    _ensure_registry()
     return sorted(NOTEBOOKS)
 
 
 def params_class(notebook: str) -> type[NotebookParams]:
-    _ensure_registry()
     if notebook not in NOTEBOOKS:
         raise ParameterError(f"unknown notebook {notebook!r}; known: {', '.join(sorted(NOTEBOOKS))}")
     return NOTEBOOKS[notebook]
@@ -177,6 +170,25 @@ def load_params(notebook: str, namespace: dict[str, Any]) -> NotebookParams:
 
 # ---------------------------------------------------------------- profiles
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (YAML would silently keep the last)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                            "keep one", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in resolve("params").glob("*.yaml"))
 
@@ -187,7 +199,10 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
     if not path.exists():
         raise ParameterError(f"unknown profile {profile!r}: no {path.relative_to(resolve('.'))}; "
                              f"available: {', '.join(available_profiles())}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:
+        raise ParameterError(f"{path}: not valid YAML: {e}".replace('"<unicode string>"', path.name)) from None
     if not isinstance(data, dict):
         raise ParameterError(f"{path}: expected one mapping per notebook")
     for nb, section in data.items():

@@ -1,21 +1,29 @@
-"""tg_utils.attn_report (notebook 07): the layer choice, the fast paths against tg_utils.attention (input-normed
-rows, singular values, the fused per-block probe), the tables' schemas, the noun filter, and a tiny end-to-end
-run on toy checkpoints trained here for two steps. No network; the UMAP fit itself is tested in
-tests/test_attention.py (its first call compiles numba kernels for ~20 s), here it is replaced by a stand-in
-that checks what it is handed."""
+"""Notebook 07 (tg_utils.experiments.nb07_*, tg_utils.plots.attention): the layer choice, labels and notes, the
+input-normed rows against the blocks' own norms, the per-block probe on real model descriptions against direct
+computation, the tables' schemas, the noun filter, a tiny end-to-end run on toy checkpoints trained here for
+two steps, and the report cache (verified folders: an edited file is reported and recomputed, no pickle is
+read). No network; the UMAP fit itself is tested in tests/test_weights.py (its first call compiles numba
+kernels for ~20 s), here it is replaced by a stand-in that checks what it is handed."""
 from __future__ import annotations
 
-
+import builtins
 import dataclasses
+import json
+import pathlib
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from tg_utils import attention as A
-from tg_utils import attn_report as R
-from tg_utils.models import describe
+from tg_utils import weights as W
+from tg_utils.experiments import nb07_attention_geometry as X
+from tg_utils.experiments import nb07_findings as F
+from tg_utils.experiments import nb07_model_facts as MF
+from tg_utils.models import ModelSpec, describe
+from tg_utils.plots import attention as PA
+from tg_utils.weights import umap as WU
 
 
 # ----------------------------------------------------------------------------- tiny models
@@ -66,124 +74,132 @@ def nouns_for(vocab: int, n: int = 7) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- layer choice, labels, notes
 
 def test_probe_layers_first_middle_last():
-    assert R.probe_layers(30) == [0, 15, 29]           # blocks 1, 16, 30
-    assert R.probe_layers(18) == [0, 9, 17]
-    assert R.probe_layers(6) == [0, 3, 5]
-    assert R.probe_layers(3) == [0, 1, 2]
-    assert R.probe_layers(2) == [0, 1]                 # middle rounds onto the last: kept once
-    assert R.probe_layers(1) == [0]
-    assert R.probe_layers(12, [1.0, 0.0, 0.25]) == [0, 3, 11]
+    assert MF.probe_layers(30) == [0, 15, 29]           # blocks 1, 16, 30
+    assert MF.probe_layers(18) == [0, 9, 17]
+    assert MF.probe_layers(6) == [0, 3, 5]
+    assert MF.probe_layers(3) == [0, 1, 2]
+    assert MF.probe_layers(2) == [0, 1]                 # middle rounds onto the last: kept once
+    assert MF.probe_layers(1) == [0]
+    assert MF.probe_layers(12, [1.0, 0.0, 0.25]) == [0, 3, 11]
     with pytest.raises(ValueError):
-        R.probe_layers(6, [1.5])
+        MF.probe_layers(6, [1.5])
     with pytest.raises(ValueError):
-        R.probe_layers(0)
-    assert [R.layer_role(l, [0, 15, 29]) for l in (0, 15, 29)] == ["first", "middle", "last"]
-    assert R.model_label("toy:llama-preln@160") == "llama-preln (toy)"
-    assert R.model_label("meta-llama/Llama-2-7b-hf") == "Llama-2-7b-hf"
+        MF.probe_layers(0)
+    assert [PA.layer_role(l, [0, 15, 29]) for l in (0, 15, 29)] == ["first", "middle", "last"]
+    assert ModelSpec.parse("toy:llama-preln@160").short_name == "llama-preln (toy)"     # the report's label
+    assert ModelSpec.parse("meta-llama/Llama-2-7b-hf").short_name == "Llama-2-7b-hf"
 
 
 def test_model_notes_say_what_is_left_out():
     rms = describe(tiny_toy("llama-preln"))
-    notes = " ".join(R.model_notes(rms))
+    notes = " ".join(MF.model_notes(rms))
     assert "RMSNorm without bias" in notes and "'bias' and 'both'" in notes and "untied" in notes
-    ln = " ".join(R.model_notes(describe(tiny_toy("standard-preln"))))
+    ln = " ".join(MF.model_notes(describe(tiny_toy("standard-preln"))))
     assert "LayerNorm with bias" in ln
-    gem = R.model_notes(describe(tiny_gemma()))
+    gem = MF.model_notes(describe(tiny_gemma()))
     g = " ".join(gem)
     assert "q/k norms" in g and "rotary" in g and "1 + weight" in g and "grouped-query" in g and "tied" in g
 
 
-# ----------------------------------------------------------------------------- fast paths vs tg_utils.attention
+# ----------------------------------------------------------------------------- input-normed rows, the per-block probe
 
 @pytest.mark.parametrize("kind", ["llama-preln", "standard-preln", "gemma3"])
 def test_input_normed_rows_equal_the_blocks_norm(kind):
     m = tiny_gemma() if kind == "gemma3" else tiny_toy(kind)
     desc = describe(m)
-    rows = R.InputNormedRows(desc, chunk=17)          # chunked standardisation
+    rows = MF.InputNormedRows(desc, chunk=17)          # chunked standardisation
     for l in range(desc.n_layers):
         base, norm = rows.for_layer(l)
-        ref = A.as_norm(desc.attn_norms[l])(desc.W_E.float())
+        ref = W.as_norm(desc.attn_norms[l])(desc.W_E.float())
         torch.testing.assert_close(norm(base), ref, rtol=1e-5, atol=1e-5)
     assert len(rows._std) == 1                         # standardised once, shared by every block
     # a post-norm block reads the raw stream
     post = describe(tiny_toy("standard-postln"))
-    base, norm = R.InputNormedRows(post).for_layer(1)
+    base, norm = MF.InputNormedRows(post).for_layer(1)
     assert base is post.W_E and norm is None
 
 
 def test_input_normed_rows_fall_back_to_the_module():
     desc = describe(tiny_toy("llama-preln"))
     desc.attn_norms[0].eps = None                      # an unknown eps: use the module itself
-    base, norm = R.InputNormedRows(desc).for_layer(0)
+    base, norm = MF.InputNormedRows(desc).for_layer(0)
     assert base is desc.W_E and norm is desc.attn_norms[0].module
 
     class CustomNorm(torch.nn.Module):                 # a class it does not know (T5-style, say)
         def forward(self, x):
             return 2 * x
     desc.attn_norms[1].module = CustomNorm()
-    base, norm = R.InputNormedRows(desc).for_layer(1)
+    base, norm = MF.InputNormedRows(desc).for_layer(1)
     assert base is desc.W_E and isinstance(norm, CustomNorm)
-    base, norm = R.InputNormedRows(desc).for_layer(2)  # an RMSNorm it knows: the fast path
+    base, norm = MF.InputNormedRows(desc).for_layer(2)  # an RMSNorm it knows: the fast path
     assert base is not desc.W_E and norm is not desc.attn_norms[2].module
 
 
-def test_singular_values_match_factored_svd():
-    g = torch.Generator().manual_seed(0)
-    Af = torch.randn(3, 40, 6, generator=g, dtype=torch.float64)
-    Bf = torch.randn(3, 6, 30, generator=g, dtype=torch.float64)
-    Af[1, :, 2:] = 0                                   # a rank-deficient head: the QR fallback
-    fm = A.FactoredMatrix(Af, Bf)
-    S = R.singular_values(fm)
-    ref = A.factored_svd(Af, Bf).S
-    torch.testing.assert_close(S, ref, rtol=1e-10, atol=1e-10)
-    dense = torch.linalg.svdvals(Af @ Bf)[:, :6]
-    torch.testing.assert_close(S, dense, rtol=1e-10, atol=1e-10)
-
-
 @pytest.mark.parametrize("kind", ["standard-preln", "gemma3", "llama-gqa"])
-def test_layer_probe_equals_the_library(kind, word_tokenizer):
+def test_layer_probe_against_direct_computation(kind, word_tokenizer):
+    """The notebook's per-block probe on real model descriptions (LayerNorm with bias, Gemma's (1 + w) RMSNorm
+    and tied embeddings, grouped-query Llama), through the input-normed rows, against direct float64
+    computation with the block's own norm module: the sign-aligned directions' top tokens, the ellipse keys
+    x W_qk norm(W_E)^T and the update read-out ((x W_vo) * g) W_U."""
     m = {"gemma3": tiny_gemma, "llama-gqa": tiny_llama_gqa}.get(kind, lambda: tiny_toy(kind))()
     desc = describe(m)
-    rows = R.InputNormedRows(desc)
+    rows = MF.InputNormedRows(desc)
     nouns = nouns_for(desc.vocab_size)
     tok = word_tokenizer if len(word_tokenizer) <= desc.vocab_size else None
+    W_U = desc.W_U.double()
+    g = desc.final_norm.scale.double()
     for l in (0, 2):
-        rn = rows.for_layer(l)
-        dirs, ell = R.layer_probe(desc, l, rn, nouns, tok, n_components=3, k=4, ellipse_heads=[1, 3], chunk=37)
-        assert list(dirs.columns) == R.DIRECTION_COLUMNS and list(ell.columns) == R.ELLIPSE_COLUMNS
+        dirs, ell = X.layer_probe(desc, l, rows.for_layer(l), nouns, tok, n_components=3, k=4,
+                                  ellipse_heads=[1, 3], chunk=37)
+        assert list(dirs.columns) == W.DIRECTION_COLUMNS and list(ell.columns) == W.ELLIPSE_COLUMNS
+        assert len(dirs) == 2 * 2 * desc.n_heads * 3 * 4 and set(dirs.layer) == {l}
         a = desc.attn[l]
-        hs = A.head_svd(a.W_Q, a.W_K, a.W_V, a.W_O, rn[0], desc.W_U, norm=rn[1], kv_map=desc.kv_head_map,
-                        scale=desc.attn_scale, components=3, chunk=16)
-        ref = A.singular_direction_tokens(hs, rn[0], desc.W_U, norm=rn[1], tokenizer=tok, n_components=3, k=4,
-                                          chunk=16)
-        assert len(dirs) == len(ref) == 2 * 2 * desc.n_heads * 3 * 4
-        for col in ("kind", "head", "component", "side", "rank", "token_id", "token"):
-            assert dirs[col].tolist() == ref[col].tolist(), col
-        np.testing.assert_allclose(dirs["score"], ref["score"], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(dirs["sigma"], ref["sigma"], rtol=1e-12)
-        eref = A.ellipse_probe(nouns["token_id"].to_numpy(), rn[0], a.W_Q, a.W_K, a.W_V, a.W_O, desc.W_U,
-                               norm=rn[1], kv_map=desc.kv_head_map, scale=desc.attn_scale,
-                               final_norm_weight=desc.final_norm.scale, k=4, heads=[1, 3], tokenizer=tok,
-                               labels=nouns["noun"].tolist(), layer=l, chunk=16)
-        eref = eref[R.ELLIPSE_COLUMNS]
-        for col in ("layer", "noun", "query_id", "head", "probe", "rank", "token_id", "token"):
-            assert ell[col].tolist() == eref[col].tolist(), col
-        np.testing.assert_allclose(ell["score"], eref["score"], rtol=1e-5, atol=1e-6)
+        En = W.as_norm(desc.attn_norms[l])(desc.W_E.double())              # the block's own module
+        qk = W.sign_align(W.qk_factors(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale).svd(), En, "left")
+        vo = W.sign_align(W.vo_factors(a.W_V, a.W_O, desc.kv_head_map).svd(), W_U.T, "right")
+        for kind_, svd, sides in (("qk", qk, (("query", "U", En), ("key", "V", En))),
+                                  ("vo", vo, (("input", "U", En), ("output", "V", W_U.T)))):
+            for side, attr, ref in sides:
+                for h in range(desc.n_heads):
+                    for c in range(3):
+                        sel = dirs[(dirs.kind == kind_) & (dirs.side == side) & (dirs["head"] == h)
+                                   & (dirs.component == c)]
+                        scores = ref @ getattr(svd, attr)[h, :, c]
+                        assert sel["token_id"].tolist() == scores.argsort(descending=True)[:4].tolist()
+                        np.testing.assert_allclose(sel["score"], scores.sort(descending=True).values[:4].numpy(),
+                                                   rtol=1e-4, atol=1e-5)
+                        assert sel["sigma"].iloc[0] == pytest.approx(svd.S[h, c].item(), rel=1e-12)
+        Wqk = W.qk_matrices(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale)
+        Wvo = W.vo_matrices(a.W_V, a.W_O, desc.kv_head_map)
+        assert set(ell["head"]) == {1, 3} and len(ell) == 2 * 2 * len(nouns) * 4 and set(ell.layer) == {l}
+        for h in (1, 3):
+            for noun, t in zip(nouns["noun"], nouns["token_id"]):
+                keys = En[t] @ Wqk[h] @ En.T
+                sel = ell[(ell.probe == "keys") & (ell["head"] == h) & (ell.noun == noun)]
+                assert sel["query_id"].tolist() == [t] * 4
+                assert sel["token_id"].tolist() == keys.argsort(descending=True)[:4].tolist()
+                np.testing.assert_allclose(sel["score"], keys.sort(descending=True).values[:4].numpy(),
+                                           rtol=1e-4, atol=1e-5)
+                logits = ((En[t] @ Wvo[h]) * g) @ W_U
+                sel = ell[(ell.probe == "update") & (ell["head"] == h) & (ell.noun == noun)]
+                assert sel["token_id"].tolist() == logits.argsort(descending=True)[:4].tolist()
+        if tok is not None:
+            assert dirs["token"].tolist() == [tok.decode([i]) for i in dirs["token_id"]]
     # no nouns: an empty ellipse table with the same columns
-    _, empty = R.layer_probe(desc, 0, rows.for_layer(0), nouns.iloc[:0], tok, 2, 3)
-    assert empty.empty and list(empty.columns) == R.ELLIPSE_COLUMNS
+    _, empty = X.layer_probe(desc, 0, rows.for_layer(0), nouns.iloc[:0], tok, 2, 3)
+    assert empty.empty and list(empty.columns) == W.ELLIPSE_COLUMNS
 
 
 def test_layer_probe_sign_rule_and_gqa():
     """After the sign rule the query side's largest score beats the most negative one; GQA heads of one kv
     group share their key side (W_qk = W_Q[h] W_K[g]^T spans the same key directions)."""
     desc = describe(tiny_llama_gqa())
-    rows = R.InputNormedRows(desc)
+    rows = MF.InputNormedRows(desc)
     rn = rows.for_layer(1)
-    dirs, _ = R.layer_probe(desc, 1, rn, None, None, n_components=2, k=3)
+    dirs, _ = X.layer_probe(desc, 1, rn, None, None, n_components=2, k=3)
     En = rn[1](rn[0]).double()
     a = desc.attn[1]
-    svd = A.qk_factors(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale).svd()
+    svd = W.qk_factors(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale).svd()
     for h in range(desc.n_heads):
         for c in range(2):
             s = En @ svd.U[h, :, c]
@@ -198,7 +214,7 @@ def test_layer_probe_sign_rule_and_gqa():
 
 def test_embedding_norm_table_schema():
     ln = describe(tiny_toy("standard-preln"))
-    toks, stats = R.embedding_norm_table(ln, None, k=3)
+    toks, stats = X.embedding_norm_table(ln, None, k=3)
     assert list(toks.columns) == ["matrix", "scoring", "rank", "side", "token_id", "token", "token_raw", "score"]
     assert set(toks.matrix) == {"unembedding", "embedding"}                       # untied toy
     assert set(toks.scoring) == {"norm", "scaled_norm", "bias", "both"}           # LayerNorm with bias
@@ -211,7 +227,7 @@ def test_embedding_norm_table_schema():
     s = stats.set_index(["matrix", "scoring"])
     assert s.loc[("embedding", "norm"), "spearman_vs_norm"] == pytest.approx(1.0)
     gem = describe(tiny_gemma())
-    toks, _ = R.embedding_norm_table(gem, None, k=2)
+    toks, _ = X.embedding_norm_table(gem, None, k=2)
     assert set(toks.matrix) == {"tied"} and set(toks.scoring) == {"norm", "scaled_norm"}   # RMSNorm: no bias
     sc = toks[(toks.scoring == "scaled_norm") & (toks.side == "top")]
     ref = torch.linalg.vector_norm(gem.W_E.double() * gem.final_norm.scale.double(), dim=1)  # (1 + w) scale
@@ -220,7 +236,7 @@ def test_embedding_norm_table_schema():
 
 def test_coverage_tables_schema():
     desc = describe(tiny_llama_gqa())
-    cov, curves = R.coverage_tables(desc, 0.9)
+    cov, curves = X.coverage_tables(desc, 0.9)
     assert list(cov.columns) == ["layer", "kind", "head", "n_singular", "rank_at_level", "level", "sigma_1",
                                  "frobenius", "d_head"]
     assert len(cov) == desc.n_layers * 2 * desc.n_heads
@@ -230,15 +246,22 @@ def test_coverage_tables_schema():
         assert np.all(np.diff(g.coverage) >= -1e-12) and g.coverage.iloc[-1] == pytest.approx(1.0)
     # the ranks are those of the dense per-head matrices
     a = desc.attn[2]
-    dense = A.vo_matrices(a.W_V, a.W_O, desc.kv_head_map)
-    ref = A.rank_at_coverage(torch.linalg.svdvals(dense)[:, :desc.d_head], 0.9)
+    dense = W.vo_matrices(a.W_V, a.W_O, desc.kv_head_map)
+    ref = W.rank_at_coverage(torch.linalg.svdvals(dense)[:, :desc.d_head], 0.9)
     got = cov[(cov.layer == 2) & (cov.kind == "vo")].sort_values("head").rank_at_level
     assert got.tolist() == ref.tolist()
 
 
+def test_common_nouns_file():
+    nouns = X.load_common_nouns()
+    assert len(nouns) == 100 and len(set(nouns)) == 100
+    assert nouns[:6] == ["time", "year", "people", "way", "day", "man"]
+    assert all(n.isalpha() and n.islower() for n in nouns)
+
+
 def test_noun_filter_is_what_the_probe_uses(word_tokenizer):
     nouns = ["dog", "fox", "anarchism", "algorithm", "zzzqx", "dog"]
-    table = R.noun_table(word_tokenizer, nouns)
+    table = X.noun_table(word_tokenizer, nouns)
     ids = {n: word_tokenizer(" " + n, add_special_tokens=False)["input_ids"] for n in set(nouns)}
     assert table.noun.tolist() == [n for n in dict.fromkeys(nouns) if len(ids[n]) == 1]
     assert "zzzqx" not in table.noun.tolist()
@@ -252,7 +275,7 @@ def test_parameter_checks():
     from tg_utils.params import ParameterError, params_class
     cls = params_class("07_attention_geometry")
     P = cls()
-    assert R.probe_layers(6, P.depths) == [0, 3, 5]
+    assert MF.probe_layers(6, P.depths) == [0, 3, 5]
     for bad in (dict(depths=[1.2]), dict(depths=[]), dict(umap_n_fit=10), dict(coverage_level=0.0),
                 dict(dtype="int8"), dict(phrase="  "), dict(models=["not a spec!"]), dict(ellipse_heads=0),
                 dict(nouns_path="data/no_such_file.txt")):
@@ -288,39 +311,54 @@ def _fake_umap(calls):
         calls.append(dict(W_E=W_E, states=states, norm=norm, n_fit=n_fit, n_neighbors=n_neighbors))
         S = torch.as_tensor(states, dtype=torch.float64)
         L, T, d = S.shape
-        normed = A.as_norm(norm)(S.reshape(-1, d)).reshape(L, T, d)
-        return A.UmapTrajectory(coords=normed[..., :3].numpy(), norms=torch.linalg.vector_norm(S, dim=-1).numpy(),
+        normed = W.as_norm(norm)(S.reshape(-1, d)).reshape(L, T, d)
+        return W.UmapTrajectory(coords=normed[..., :3].numpy(), norms=torch.linalg.vector_norm(S, dim=-1).numpy(),
                                 normed_norms=torch.linalg.vector_norm(normed, dim=-1).numpy(),
                                 embedding_coords=W_E[:n_fit, :3].double().numpy(), fit_ids=np.arange(n_fit),
                                 reducer=None)
     return fake
 
 
-def test_end_to_end_on_toy_checkpoints(tmp_path, toy_tokenizer, monkeypatch):
+@pytest.fixture(scope="module")
+def toy_out(tmp_path_factory, toy_tokenizer):
+    """An output folder with two toy runs trained for two steps, and the notebook's parameters on it."""
+    from tg_utils.params import params_class
+
+    out = tmp_path_factory.mktemp("nb07")
+    for name in ("standard-preln", "llama-preln"):
+        _train(out, name, toy_tokenizer)
+    P = params_class("07_attention_geometry").from_dict(dict(
+        models=["toy:standard-preln", "toy:llama-preln"], out_dir=str(out), figures_dir=str(out / "fig"),
+        top_k=3, n_components=2, ellipse_heads=2, umap_n_fit=50, umap_neighbors=5, umap_epochs=5,
+        phrase="The quick brown fox jumps over the lazy dog"))
+    return out, P
+
+
+def _clear_report_cache(out):
+    """No cached reports: the next run computes every model (tests do not depend on their order)."""
+    shutil.rmtree(out / "cache" / "attention", ignore_errors=True)
+
+
+def test_end_to_end_on_toy_checkpoints(toy_out, toy_tokenizer, monkeypatch):
     import matplotlib
     matplotlib.use("Agg")
     from tg_utils.models import load_model
-    from tg_utils.params import params_class
+    from tg_utils.tables import save_table
 
-    for name in ("standard-preln", "llama-preln"):
-        _train(tmp_path, name, toy_tokenizer)
+    tmp_path, P = toy_out
+    _clear_report_cache(tmp_path)
     calls = []
-    monkeypatch.setattr(A, "umap_trajectory", _fake_umap(calls))
-    P = params_class("07_attention_geometry").from_dict(dict(
-        models=["toy:standard-preln", "toy:llama-preln"], out_dir=str(tmp_path), figures_dir=str(tmp_path / "fig"),
-        top_k=3, n_components=2, ellipse_heads=2, umap_n_fit=50, umap_neighbors=5, umap_epochs=5,
-        phrase="The quick brown fox jumps over the lazy dog"))
-    reports = R.run_models(P, progress=False, verbose=False)
+    monkeypatch.setattr(WU, "umap_trajectory", _fake_umap(calls))
+    reports, T = X.run(P, progress=False, verbose=False)
     assert list(reports) == ["standard-preln (toy)", "llama-preln (toy)"]
-    T = R.combine(reports)
-    assert set(T) == {*R.TABLES, "trajectory_coords", "trajectory_norms", "logit_lens"}
+    assert set(T) == {*X.TABLES, "trajectory_coords", "trajectory_norms", "logit_lens"}
     for name, df in T.items():
         assert list(df.columns[:2]) == ["model", "label"] and len(df), name
     assert set(T["directions"].layer) == {0, 2, 3}                      # first, middle, last of 4 blocks
     assert set(T["ellipse"].layer) == {0, 2, 3} and set(T["ellipse"]["head"]) == {0, 1}
     # only single-token nouns query the probe, each with its own token id
-    nouns = A.load_common_nouns(P.nouns_path)
-    single = R.noun_table(toy_tokenizer, nouns)
+    nouns = X.load_common_nouns(P.nouns_path)
+    single = X.noun_table(toy_tokenizer, nouns)
     assert set(T["ellipse"].noun) == set(single.noun) and 0 < len(single) < len(nouns)
     q = T["ellipse"][["noun", "query_id"]].drop_duplicates()
     assert dict(zip(q.noun, q.query_id)) == dict(zip(single.noun, single.token_id))
@@ -345,31 +383,98 @@ def test_end_to_end_on_toy_checkpoints(tmp_path, toy_tokenizer, monkeypatch):
     nm = T["trajectory_norms"]
     assert nm.groupby("label").layer.max().tolist() == [4, 4]
     # views, findings, figures, saved tables
-    assert {"u_tokens", "v_tokens"} <= set(R.direction_view(T).columns)
-    assert not R.norm_view(T).empty and not R.rank_view(T).empty
-    ev = R.ellipse_view(T, single.noun[:2].tolist())
+    assert {"u_tokens", "v_tokens"} <= set(F.direction_view(T).columns)
+    assert not F.norm_view(T).empty and not F.rank_view(T).empty
+    ev = F.ellipse_view(T, single.noun[:2].tolist())
     assert set(ev.columns) >= {"keys", "update"} and len(ev) == 2 * 3 * 2
-    text = R.findings_text(reports)
+    assert not F.ellipse_summary(T).empty and list(F.lens_view(T, "llama-preln (toy)").index) == list(range(5))
+    text = F.findings_text(reports)
     assert "standard-preln (toy)" in text and "llama-preln (toy)" in text and "bias score" in text
     assert "no bias score" in text and "rank at 99%" in text
-    for fig_fn in (lambda: R.plot_coverage(T), lambda: R.plot_trajectories(reports),
-                   lambda: R.plot_state_norms(reports)):
+    for fig_fn in (lambda: PA.plot_coverage(T), lambda: PA.plot_trajectories(reports),
+                   lambda: PA.plot_state_norms(reports)):
         fig, tidy = fig_fn()
         assert len(tidy) > 0
-    paths = R.save_tables(T, P.out_dir)
+    paths = [save_table(df, X.NB, name, P.out_dir) for name, df in T.items()]
     assert len(paths) == len(T) and all(p.exists() for p in paths)
-    # the cache: a second run reads each model's report from disk (no model loaded) and gives the same tables
-    cached = sorted((tmp_path / "cache" / "attention").glob("*.pkl"))
-    assert len(cached) == 2
-    import tg_utils.models as M
-    monkeypatch.setattr(M, "load_model", lambda *a, **k: pytest.fail("a cached report loaded its model"))
-    again = R.combine(R.run_models(P, progress=False, verbose=False))
-    for name in T:
-        pd.testing.assert_frame_equal(again[name], T[name], obj=name)
-    # a damaged report is recomputed, and other parameters give another entry
-    cached[0].write_bytes(b"truncated")
-    monkeypatch.undo()
-    monkeypatch.setattr(A, "umap_trajectory", _fake_umap([]))
-    pd.testing.assert_frame_equal(R.combine(R.run_models(P, progress=False, verbose=False))["ellipse"], T["ellipse"])
-    assert R.report_path(P, "toy:llama-preln", nouns) != R.report_path(
+
+
+def _no_pickle_reads(monkeypatch):
+    """Fail the test on any attempt to open a .pkl file for reading from Python."""
+    real_open, real_path_open = builtins.open, pathlib.Path.open
+
+    def guard(path, mode):
+        if str(path).endswith(".pkl") and not any(m in mode for m in "wax"):
+            pytest.fail(f"a .pkl file was opened for reading: {path}")
+
+    def open_(file, mode="r", *a, **k):
+        guard(file, mode)
+        return real_open(file, mode, *a, **k)
+
+    def path_open(self, mode="r", *a, **k):
+        guard(self, mode)
+        return real_path_open(self, mode, *a, **k)
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(pathlib.Path, "open", path_open)
+
+
+def test_report_cache_verified_folders(toy_out, monkeypatch, capsys):
+    """Each model's report is a verified folder (parquet tables + report.json); a second run reads it back
+    without loading a model and gives equal reports; a folder with an edited file is reported and recomputed;
+    a .pkl file in the cache folder (an old pickle cache) is never read; other parameters give another key."""
+    tmp_path, P = toy_out
+    _clear_report_cache(tmp_path)
+    monkeypatch.setattr(WU, "umap_trajectory", _fake_umap([]))
+    cache = tmp_path / "cache" / "attention"
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "toy_llama-preln@2-0123456789abcdef.pkl").write_bytes(b"not a pickle")     # old format
+    _no_pickle_reads(monkeypatch)
+    first = X.run_models(P, progress=False, verbose=False)
+    folders = sorted(p for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(folders) == 2
+    for f in folders:
+        names = {p.name for p in f.iterdir()}
+        assert {"manifest.json", "report.json", "coverage.parquet", "ellipse.parquet",
+                "trajectory_background.parquet"} <= names
+        assert not any(n.endswith(".pkl") for n in names)
+        assert json.loads((f / "manifest.json").read_text())["format"] == "tg-verified-folder-v1"
+    (folders[0] / "stray.pkl").write_bytes(b"not a pickle either")             # not in the manifest: ignored
+
+    loads = []
+    real_load = X.load_model
+
+    def counting_load(*a, **k):
+        loads.append(a[0])
+        return real_load(*a, **k)
+    monkeypatch.setattr(X, "load_model", counting_load)
+    again = X.run_models(P, progress=False, verbose=False)
+    assert loads == []                                                           # read from the cache
+    for label, rep in first.items():
+        back = again[label]
+        for name in X.TABLES:
+            pd.testing.assert_frame_equal(getattr(back, name), getattr(rep, name), obj=name)
+        for attr in ("coords", "norms", "lens"):
+            pd.testing.assert_frame_equal(getattr(back.trajectory, attr), getattr(rep.trajectory, attr), obj=attr)
+        np.testing.assert_array_equal(back.trajectory.background, rep.trajectory.background)
+        for f in ("spec", "label", "summary", "layers", "notes", "n_layers", "d_head", "n_heads", "timings"):
+            assert getattr(back, f) == getattr(rep, f), f
+        assert back.trajectory.tokens == rep.trajectory.tokens
+
+    # an edited table: the folder is reported and recomputed (its model loaded), with the same tables
+    llama = X.report_folder(P, "toy:llama-preln", X.load_common_nouns(P.nouns_path)[:P.n_nouns])[0]
+    df = pd.read_parquet(llama / "ellipse.parquet")
+    df.loc[0, "score"] += 1.0
+    df.to_parquet(llama / "ellipse.parquet", index=False)
+    capsys.readouterr()
+    third = X.run_models(P, progress=False, verbose=False)
+    out = capsys.readouterr().out
+    assert f"{llama}: ellipse.parquet does not match its manifest" in out and "recomputing" in out
+    assert loads == ["toy:llama-preln"]
+    for name in X.TABLES:
+        pd.testing.assert_frame_equal(getattr(third["llama-preln (toy)"], name),
+                                      getattr(first["llama-preln (toy)"], name), obj=name)
+    assert X.read_report(*X.report_folder(P, "toy:llama-preln", X.load_common_nouns(P.nouns_path)[:P.n_nouns]))
+    # other parameters, other key
+    nouns = X.load_common_nouns(P.nouns_path)
+    assert X.report_folder(P, "toy:llama-preln", nouns) != X.report_folder(
         dataclasses.replace(P, top_k=4), "toy:llama-preln", nouns)

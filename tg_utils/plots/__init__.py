@@ -1,0 +1,1 @@
+"""Figures of the notebooks, one module per family; each returns the figure and the tidy table of the numbers it draws."""

@@ -1,0 +1,124 @@
+"""Figures of notebook 07 (attention geometry): cumulative singular-value coverage and rank of the heads,
+the phrase trajectories in the embedding UMAP, and the state norms through the layers. The trajectory
+figures take the notebook's reports (label -> ``experiments.nb07_attention_geometry.ModelReport``; they read
+only ``.label``, ``.spec`` and ``.trajectory``)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..weights.vocab import fmt_token
+
+PROBE_NAMES = {0: "first", 1: "middle", 2: "last"}
+LAYER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def layer_role(layer: int, layers: Sequence[int]) -> str:
+    """'first' / 'middle' / 'last' for the three default probe layers, else 'block <l+1>'."""
+    layers = sorted(layers)
+    if len(layers) == 3:
+        return PROBE_NAMES[layers.index(layer)]
+    return f"block {layer + 1}"
+
+
+def plot_coverage(tables: dict[str, pd.DataFrame], level: float | None = None):
+    """Per model (columns): cumulative singular-value coverage of each head's W_qk (row 1) and W_vo (row 2) at
+    the probed blocks (colour = block, one line per head), and the rank at the coverage level of every head
+    of every block (row 3; dots = heads, lines = median). Returns (fig, tidy)."""
+    cov, curves = tables["coverage"], tables["curves"]
+    probed = tables["directions"][["label", "layer"]].drop_duplicates()
+    labels = list(dict.fromkeys(cov["label"]))
+    lvl = float(cov["level"].iloc[0]) if level is None else level
+    fig, axes = plt.subplots(3, len(labels), figsize=(3.6 * len(labels), 9.0), squeeze=False)
+    tidy = []
+    for j, lab in enumerate(labels):
+        lays = sorted(probed[probed.label == lab]["layer"])
+        cv = curves[(curves.label == lab) & curves.layer.isin(lays)]
+        tidy.append(cv.assign(panel="curve"))
+        for i, kind in enumerate(("qk", "vo")):
+            ax = axes[i][j]
+            for li, l in enumerate(lays):
+                g = cv[(cv.kind == kind) & (cv.layer == l)]
+                for h, gh in g.groupby("head"):
+                    ax.plot(gh["rank"], gh["coverage"], color=LAYER_COLORS[li % len(LAYER_COLORS)], lw=0.9,
+                            alpha=0.75, label=f"block {l + 1} ({layer_role(l, lays)})" if h == 0 else None)
+            ax.axhline(lvl, color="grey", ls=":", lw=0.8)
+            ax.set(title=f"{lab}: W_{kind}", xlabel="rank r", ylabel="coverage c_r" if j == 0 else None,
+                   ylim=(0, 1.02))
+            if j == 0 or i == 0:
+                ax.legend(fontsize=6, loc="lower right")
+        ax = axes[2][j]
+        c = cov[cov.label == lab]
+        for kind, color, dx in (("qk", "tab:blue", -0.12), ("vo", "tab:red", 0.12)):
+            g = c[c.kind == kind]
+            ax.scatter(g["layer"] + 1 + dx, g["rank_at_level"], s=7, color=color, alpha=0.5)
+            med = g.groupby("layer")["rank_at_level"].median()
+            ax.plot(med.index + 1, med.values, color=color, lw=1.2, label=f"W_{kind} median")
+        ax.axhline(int(c["d_head"].iloc[0]), color="grey", ls=":", lw=0.8)
+        ax.set(title=f"{lab}: rank at {lvl:.0%}", xlabel="block", ylabel="rank" if j == 0 else None,
+               ylim=(0, int(c["d_head"].iloc[0]) * 1.05))
+        ax.legend(fontsize=6)
+        tidy.append(c.assign(panel="rank"))
+    fig.tight_layout()
+    return fig, pd.concat(tidy, ignore_index=True)
+
+
+def plot_trajectories(reports: dict, max_background: int = 2000, seed: int = 0):
+    """Per model (rows): the phrase's final-normed states in the 3-D embedding UMAP as three 2-D projections
+    (x-y, x-z, y-z); grey = fitted embedding rows (at most ``max_background``), one coloured path per token from the embedding (circle) to
+    the last block (star, labelled). Returns (fig, tidy coordinates)."""
+    reps = [r for r in reports.values() if r.trajectory is not None]
+    fig, axes = plt.subplots(len(reps), 3, figsize=(12.0, 3.7 * len(reps)), squeeze=False)
+    rng = np.random.default_rng(seed)
+    tidy = []
+    cmap = plt.get_cmap("tab10" if max((len(r.trajectory.tokens) for r in reps), default=1) <= 10 else "tab20")
+    for i, rep in enumerate(reps):
+        tr = rep.trajectory
+        bg = tr.background
+        if len(bg) > max_background:
+            bg = bg[rng.choice(len(bg), max_background, replace=False)]
+        tidy.append(tr.coords.assign(model=rep.spec, label=rep.label))
+        for j, (a, b) in enumerate((("x", "y"), ("x", "z"), ("y", "z"))):
+            ax = axes[i][j]
+            ia, ib = "xyz".index(a), "xyz".index(b)
+            ax.scatter(bg[:, ia], bg[:, ib], s=1, color="0.8", alpha=0.4, rasterized=True)
+            for p, g in tr.coords.groupby("position"):
+                g = g.sort_values("layer")
+                col = cmap(p % cmap.N)
+                ax.plot(g[a], g[b], "-", color=col, lw=1.0, alpha=0.9)
+                ax.scatter(g[a], g[b], s=8, color=col)
+                ax.scatter(g[a].iloc[0], g[b].iloc[0], s=40, marker="o", facecolor="none", edgecolor=col)
+                ax.scatter(g[a].iloc[-1], g[b].iloc[-1], s=80, marker="*", color=col)
+                ax.annotate(fmt_token(tr.tokens[p]), (g[a].iloc[-1], g[b].iloc[-1]), fontsize=7, color=col,
+                            xytext=(3, 3), textcoords="offset points")
+            ax.set(xlabel=f"UMAP {a}", ylabel=f"UMAP {b}")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_title(f"{rep.label}: {len(tr.coords.layer.unique())} states per token", fontsize=9)
+    fig.tight_layout()
+    return fig, pd.concat(tidy, ignore_index=True)
+
+
+def plot_state_norms(reports: dict):
+    """Per model: ||h|| of every token's state at each state index (solid, log scale) and after the final norm
+    (dashed): the final-normed states lie near a sphere. Returns (fig, tidy)."""
+    reps = [r for r in reports.values() if r.trajectory is not None]
+    fig, axes = plt.subplots(1, len(reps), figsize=(3.8 * len(reps), 3.6), squeeze=False)
+    tidy = []
+    cmap = plt.get_cmap("tab10" if max((len(r.trajectory.tokens) for r in reps), default=1) <= 10 else "tab20")
+    for ax, rep in zip(axes[0], reps):
+        nm = rep.trajectory.norms
+        tidy.append(nm.assign(model=rep.spec, label=rep.label))
+        for p, g in nm.groupby("position"):
+            col = cmap(p % cmap.N)
+            ax.plot(g["layer"], g["norm"], "-", color=col, lw=1, label=fmt_token(rep.trajectory.tokens[p]))
+            ax.plot(g["layer"], g["normed_norm"], "--", color=col, lw=0.8, alpha=0.7)
+        ax.set_yscale("log")
+        ax.set(title=rep.label, xlabel="state (0 = embedding, l = after block l)", ylabel="||h||")
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig, pd.concat(tidy, ignore_index=True)

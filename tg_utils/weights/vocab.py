@@ -1,0 +1,216 @@
+"""Reading vectors against the vocabulary: the one chunked scan for the top / bottom tokens of many
+vectors (``vocab_extremes``), the embedding-norm scorings of every token, token strings, and the nouns
+that are a single token. Results are tensors, arrays or dicts of equal-length columns (no pandas).
+
+Embedding norms (``embedding_norm_scores``), per token row e (all float64):
+    norm         ||e||
+    scaled_norm  ||g * e||       g = the final norm's *effective* weight (Gemma: 1 + w); g = 1 if None
+    bias         b . e           b = the final norm's bias; None for RMSNorm (it has no bias)
+    both         sqrt(d) * ||g * e|| + b . e    (None without a bias)
+Why that combination: the logit of token t is (g * x_hat + b) . e_t = x_hat . (g * e_t) + b . e_t
+where x_hat is the normalised state, of norm sqrt(d) (RMSNorm: rms 1; LayerNorm: mean 0, variance 1).
+Its maximum over x_hat is sqrt(d) ||g * e_t|| + b . e_t (exact for RMSNorm; for LayerNorm, whose
+x_hat is also orthogonal to the all-ones vector, an upper bound). So "both" is the largest logit a
+token can reach, the quantity whose top and bottom tokens the two terms compete for. ``radius``
+overrides sqrt(d). For untied models the logit reading holds for the unembedding rows (W_U.T).
+
+Query words (``single_token_nouns``): a noun is kept iff ``prefix + noun`` (default prefix " ", the
+in-context form inside a sentence) encodes, without special tokens, to exactly one token id; that id
+is the query token of the attention-ellipse probe (``probe.block_probe``).
+
+Scans run in float32 (``SCAN_DTYPE``) over ``CHUNK`` vocabulary rows at a time; the SVDs are float64.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ._tensors import chunks, tensor
+from .norms import as_norm
+
+CHUNK = 16384                 # vocabulary rows per chunk in every scan over the vocabulary
+SCAN_DTYPE = torch.float32    # dtype of vocabulary-sized products (float64 for the SVDs)
+
+Tensor = torch.Tensor
+
+
+# ============================================================================ the scan
+
+@dataclass(frozen=True)
+class VocabExtremes:
+    """For each of m vectors: the k largest scores over the vocabulary and their ids (descending),
+    [m, k]; and for the first nb vectors (see ``vocab_extremes``' ``bottom``) the k smallest (ascending),
+    [nb, k]."""
+    top_values: Tensor
+    top_ids: Tensor
+    bottom_values: Tensor
+    bottom_ids: Tensor
+
+
+def vocab_extremes(vectors, rows, k: int = 10, norm=None, chunk: int = CHUNK,
+                   dtype: torch.dtype = SCAN_DTYPE, bottom: bool | int = True) -> VocabExtremes:
+    """Scores norm(rows) @ vectors.T (rows [vocab, d], e.g. W_E or W_U.T; vectors [m, d]) scanned in
+    chunks of the vocabulary in one pass, keeping the k largest per vector and the k smallest of the first
+    ``bottom`` vectors (True: all, False: none; an int: that many leading vectors, so that vectors that
+    need both ends and vectors that need only the top share one pass and one product per chunk).
+    Computed in ``dtype`` on the rows' device; results on the CPU."""
+    R = tensor(rows)
+    X = tensor(vectors, dtype).to(R.device)
+    if X.ndim == 1:
+        X = X[None]
+    f = as_norm(norm)
+    m, V = X.shape[0], R.shape[0]
+    nb = (m if bottom else 0) if isinstance(bottom, bool) else max(0, min(int(bottom), m))
+    k = min(k, V)
+    tv = torch.empty(m, 0, dtype=dtype, device=R.device)
+    ti = torch.empty(m, 0, dtype=torch.long, device=R.device)
+    bv, bi = tv[:nb].clone(), ti[:nb].clone()
+
+    def merge(vals, ids, s, i, largest):
+        cv, ci = s.topk(min(k, s.shape[1]), dim=1, largest=largest)        # chunk's own extremes first
+        vals, idx = torch.cat([vals, cv], 1).topk(min(k, vals.shape[1] + cv.shape[1]), dim=1,
+                                                  largest=largest)
+        return vals, torch.cat([ids, ci + i], 1).gather(1, idx)
+
+    for i, j in chunks(V, chunk):
+        s = X @ f(R[i:j].to(dtype)).T                                       # [m, c]
+        tv, ti = merge(tv, ti, s, i, True)
+        if nb:
+            bv, bi = merge(bv, bi, s[:nb], i, False)
+    return VocabExtremes(tv.cpu(), ti.cpu(), bv.cpu(), bi.cpu())
+
+
+# ============================================================================ embedding norms
+
+@dataclass(frozen=True)
+class EmbeddingNormScores:
+    """The four token scorings of ``embedding_norm_scores`` (float64 arrays [vocab], or None)."""
+    norm: np.ndarray
+    scaled_norm: np.ndarray
+    bias: np.ndarray | None
+    both: np.ndarray | None
+    radius: float
+    note: str = ""
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """The scorings that exist, in the order norm, scaled_norm, bias, both."""
+        d = {"norm": self.norm, "scaled_norm": self.scaled_norm, "bias": self.bias, "both": self.both}
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def embedding_norm_scores(W_E, norm_weight=None, norm_bias=None, radius: float | None = None,
+                          chunk: int = CHUNK) -> EmbeddingNormScores:
+    """Score every embedding row e (W_E [vocab, d]): ||e||, ||g * e||, b . e and sqrt(d) ||g * e|| + b . e
+    (see the module docstring for why). ``norm_weight`` g is the final norm's effective weight (Gemma:
+    1 + w), ``norm_bias`` b its bias; without a bias (RMSNorm) ``bias`` and ``both`` are None and
+    ``note`` says so. ``radius`` (default sqrt(d)) is the norm of a normalised state."""
+    W = tensor(W_E)
+    V, d = W.shape
+    g = None if norm_weight is None else tensor(norm_weight, torch.float64).to(W.device)
+    b = None if norm_bias is None else tensor(norm_bias, torch.float64).to(W.device)
+    for name, v in (("norm_weight", g), ("norm_bias", b)):
+        if v is not None and v.shape != (d,):
+            raise ValueError(f"{name} has shape {tuple(v.shape)}; the embedding width is {d}")
+    r = math.sqrt(d) if radius is None else float(radius)
+    norm = np.empty(V)
+    scaled = np.empty(V)
+    bias = None if b is None else np.empty(V)
+    for i, j in chunks(V, chunk):
+        e = W[i:j].to(torch.float64)
+        norm[i:j] = torch.linalg.vector_norm(e, dim=1).cpu().numpy()
+        scaled[i:j] = (norm[i:j] if g is None
+                       else torch.linalg.vector_norm(e * g, dim=1).cpu().numpy())
+        if b is not None:
+            bias[i:j] = (e @ b).cpu().numpy()
+    notes = []
+    if g is None:
+        notes.append("no final-norm weight: scaled_norm equals norm")
+    if b is None:
+        notes.append("the final norm has no bias (RMSNorm, or a LayerNorm without bias): "
+                     "the bias and both scorings do not exist")
+    both = None if bias is None else r * scaled + bias
+    return EmbeddingNormScores(norm=norm, scaled_norm=scaled, bias=bias, both=both, radius=r,
+                               note="; ".join(notes))
+
+
+def top_bottom_tokens(scores, tokenizer=None, k: int = 10) -> dict[str, np.ndarray]:
+    """Columns of the k highest (side "top", rank 1 = highest) and k lowest (side "bottom", rank 1 =
+    lowest) tokens of each scoring. ``scores``: an EmbeddingNormScores (only the scorings that exist), a
+    mapping name -> array [vocab] (None values skipped), or one array (scoring "score"). NaN scores
+    are left out; ties go to the lower token id. Columns: scoring, rank, side, token_id, token,
+    token_raw, score."""
+    if isinstance(scores, EmbeddingNormScores):
+        items = scores.as_dict()
+    elif isinstance(scores, Mapping):
+        items = {name: s for name, s in scores.items() if s is not None}
+    else:
+        items = {"score": scores}
+    rows = []
+    for name, s in items.items():
+        s = np.asarray(s.detach().cpu() if isinstance(s, torch.Tensor) else s, dtype=np.float64)
+        ok = np.flatnonzero(~np.isnan(s))
+        vals = s[ok]
+        kk = min(k, len(ok))
+        top = ok[np.argsort(-vals, kind="stable")[:kk]]
+        bot = ok[np.argsort(vals, kind="stable")[:kk]]
+        for side, ids in (("top", top), ("bottom", bot)):
+            for r, i in enumerate(ids, start=1):
+                rows.append((name, r, side, int(i), float(s[i])))
+    scoring, rank, side, ids, score = (list(c) for c in zip(*rows)) if rows else ([], [], [], [], [])
+    dec, raw = token_strings(tokenizer, ids)
+    return {"scoring": np.asarray(scoring, dtype=object), "rank": np.asarray(rank, dtype=np.int64),
+            "side": np.asarray(side, dtype=object), "token_id": np.asarray(ids, dtype=np.int64),
+            "token": np.asarray(dec, dtype=object), "token_raw": np.asarray(raw, dtype=object),
+            "score": np.asarray(score, dtype=np.float64)}
+
+
+# ============================================================================ token strings
+
+def token_strings(tokenizer, ids: Sequence[int]) -> tuple[list[str], list[str]]:
+    """(decoded, raw) strings of token ids: ``tokenizer.decode([id])`` (readable; a lone byte of a
+    multi-byte character decodes to U+FFFD) and ``convert_ids_to_tokens`` (the vocabulary entry, e.g.
+    'Ġcat'). Without a tokenizer both are str(id)."""
+    ids = [int(i) for i in ids]
+    if tokenizer is None:
+        s = [str(i) for i in ids]
+        return s, list(s)
+    uniq = sorted(set(ids))
+    dec = {i: tokenizer.decode([i]) for i in uniq}
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        raw_list = tokenizer.convert_ids_to_tokens(uniq)
+    else:                                                       # a raw tokenizers.Tokenizer
+        raw_list = [tokenizer.id_to_token(i) for i in uniq]
+    raw = {i: (str(t) if t is not None else "") for i, t in zip(uniq, raw_list)}
+    return [dec[i] for i in ids], [raw[i] for i in ids]
+
+
+def fmt_token(s: str) -> str:
+    """A token as shown in the token lists: repr without the outer quotes (spaces and newlines visible)."""
+    return repr(str(s))[1:-1].replace(" ", "␣")
+
+
+# ============================================================================ single-token nouns
+
+def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    if hasattr(tokenizer, "encode_batch"):                      # a raw tokenizers.Tokenizer
+        return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def single_token_nouns(tokenizer, nouns: Sequence[str], prefix: str = " ") -> dict[str, np.ndarray]:
+    """The nouns that are exactly one token in their in-context form: ``prefix + noun`` (default " noun",
+    as inside a sentence) encoded without special tokens gives exactly one id. Duplicates (a noun
+    listed twice) are kept once; order follows ``nouns``. Columns: noun, token_id, token (decoded)."""
+    uniq = list(dict.fromkeys(n.strip() for n in nouns if n.strip()))
+    ids = _encode(tokenizer, [prefix + n for n in uniq])
+    keep = [(n, i[0]) for n, i in zip(uniq, ids) if len(i) == 1]
+    return {"noun": np.asarray([n for n, _ in keep], dtype=object),
+            "token_id": np.asarray([i for _, i in keep], dtype=np.int64),
+            "token": np.asarray([tokenizer.decode([int(i)]) for _, i in keep], dtype=object)}
