@@ -32,6 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from tg_utils import metrics
+from tg_utils.metrics.cosine import _cosine_means
+from tg_utils.metrics.gride import _gride_one, _gride_ranks
+from tg_utils.metrics.knn import _Table, _centred
+from tg_utils.metrics.selection import (_f32_candidate_count, _f32_candidates, _f32_scores,
+                                        _f64_resolve, _f64_rows, _scores)
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_CANDIDATES = [
@@ -150,42 +155,42 @@ def load_clouds(path: str | None, key: str | None, n_layers: int):
 
 def breakdown(clouds, range_max=256, k_max=31):
     """Median wall-clock milliseconds per cloud of the steps of `metrics.layer_profile` on the CPU
-    (the steps of metrics._table_f32 called one by one): centring; the float32 score-matrix
-    product; the selection of float32 candidates and of the places where their order is certain;
-    the float64 recomputation (rows done in float64, distances at GRIDE's ranks, uncertain
-    clusters); GRIDE; the overlap of consecutive clouds; the cosine; and, for comparison, what the
-    float64 product would cost."""
+    (the steps of metrics.selection._table_f32 called one by one): centring; the float32
+    score-matrix product; the selection of float32 candidates and of the places where their order
+    is certain; the float64 recomputation (rows done in float64, distances at GRIDE's ranks,
+    uncertain clusters); GRIDE; the overlap of consecutive clouds; the cosine; and, for
+    comparison, what the float64 product would cost."""
     n, d = clouds.shape[1:]
-    ranks = metrics._gride_ranks(n, range_max)
+    ranks = _gride_ranks(n, range_max)
     r_max = max(k_max, int(ranks.max()))
-    K = metrics._f32_candidate_count(n, r_max)
+    K = _f32_candidate_count(n, r_max)
     names = ("centring", "product (float32)", "selection", "float64 distances", "GRIDE", "overlap",
              "cosine", "[product in float64]")
     steps = {name: [] for name in names}
     previous = None
     for c in clouds:
         t = [time.perf_counter()]
-        Xc = metrics._centred(c)
+        Xc = _centred(c)
         sq = (Xc * Xc).sum(1)
         t.append(time.perf_counter())
-        S, norms = metrics._f32_scores(Xc, sq)
+        S, norms = _f32_scores(Xc, sq)
         t.append(time.perf_counter())
-        cand, brk = metrics._f32_candidates(S, norms, K, d)
+        cand, brk = _f32_candidates(S, norms, K, d)
         del S
         t.append(time.perf_counter())
-        metrics._f64_rows(Xc, sq, cand, brk, r_max)
-        idx, d2 = metrics._f64_resolve(Xc, sq, cand, brk, k_max, ranks)
+        _f64_rows(Xc, sq, cand, brk, r_max)
+        idx, d2 = _f64_resolve(Xc, sq, cand, brk, k_max, ranks)
         t.append(time.perf_counter())
-        table = metrics._Table(idx, np.sqrt(np.maximum(d2, 0.0)), np.sqrt(sq))
-        metrics._gride_one(c, range_max, table)
+        table = _Table(idx, np.sqrt(np.maximum(d2, 0.0)), np.sqrt(sq))
+        _gride_one(c, range_max, table)
         t.append(time.perf_counter())
         if previous is not None:
             metrics.overlap_from_indices(previous, idx, k_max)
         previous = idx
         t.append(time.perf_counter())
-        metrics._cosine_means(c[None])
+        _cosine_means(c[None])
         t.append(time.perf_counter())
-        metrics._scores(Xc, sq)
+        _scores(Xc, sq)
         t.append(time.perf_counter())
         for name, dt in zip(steps, np.diff(t)):
             steps[name].append(dt)

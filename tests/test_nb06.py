@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from tg_utils import metrics as M
-from tg_utils import trajectory as T
 from tg_utils.corpus import Article, Corpus
 from tg_utils.data.sequences import batch_prompts, sequence_windows
 from tg_utils.experiments import nb06_training_trajectory_phases as nb06
 from tg_utils.experiments.nb06_findings import findings
+from tg_utils.metrics import trajectory as T
+from tg_utils.metrics import word_states as WS
 from tg_utils.models.spec import ModelSpec
 from tg_utils.models.unembed import model_nll
 from tg_utils.params.notebooks import TrajectoryParams
@@ -165,7 +166,7 @@ def test_layer_spectra_per_layer_on_constructed_clouds():
         assert out["rankme"][l] == pytest.approx(M.rankme(e), rel=1e-12)
         assert out["rankme_singular"][l] == pytest.approx(M.rankme(e, variant="singular"), rel=1e-12)
         a = M.alpha_req(e)
-        assert (out["alpha"][l], out["alpha_r2"][l], out["alpha_r2_100"][l]) == pytest.approx(tuple(a), rel=1e-12)
+        assert (out["alpha"][l], out["alpha_r2"][l], out["alpha_r2_100"][l]) == pytest.approx((a.alpha, a.r2, a.r2_100), rel=1e-12)
     assert out["alpha"][0] == pytest.approx(1.5, abs=0.15) and out["alpha_r2"][0] > 0.95
     assert out["rankme"][1] > 0.9 * d and abs(out["alpha"][1]) < 0.3 and out["rankme"][0] < 0.5 * d
     assert np.isnan(out["rankme"][2]) and np.isnan(out["alpha"][2]) and np.isnan(out["eigs"][2]).all()
@@ -179,7 +180,7 @@ def test_power_law_intercept_recovers_an_exact_law():
     lam = lam / lam.sum()
     a = M.alpha_req(lam)
     assert a.alpha == pytest.approx(1.2, abs=1e-9)
-    b = nb06.power_law_intercept(lam, a.alpha)
+    b = M.power_law_intercept(lam, a.alpha)
     np.testing.assert_allclose(np.exp(b) * r ** -a.alpha, lam, rtol=1e-8)
     # batched, and on a noisy spectrum it is the WLS intercept of alpha_req's own fit
     noisy = np.sort(lam * np.exp(np.random.default_rng(0).normal(0, 0.1, 200)))[::-1]
@@ -189,7 +190,7 @@ def test_power_law_intercept_recovers_an_exact_law():
     X = np.stack([-np.log(rank), np.ones(len(rank))], 1)
     coef = np.linalg.solve(X.T @ (w[:, None] * X), X.T @ (w * np.log(noisy[11:100])))
     assert a2.alpha == pytest.approx(coef[0], rel=1e-9)
-    both = nb06.power_law_intercept(np.stack([lam, noisy]), np.array([a.alpha, a2.alpha]))
+    both = M.power_law_intercept(np.stack([lam, noisy]), np.array([a.alpha, a2.alpha]))
     assert both[1] == pytest.approx(coef[1], rel=1e-9) and both[0] == pytest.approx(b)
 
 
@@ -261,7 +262,7 @@ def test_phase_tables_apply_the_rule_per_layer():
     spectra = pd.concat(rows, ignore_index=True)
     P = TrajectoryParams()
     ph, iv = nb06.phase_tables(traj, spectra, P)
-    want = T.mark_phases(steps, rk, al, warmup_until=4)
+    want = nb06.frame(T.mark_phases(steps, rk, al, warmup_until=4))
     got = ph[ph.layer == 0].drop(columns=["trajectory", "layer"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     assert list(got.phase) == list(T.PHASES)                      # all three, in order, on this curve
@@ -318,8 +319,8 @@ def test_centred_perturbation_removes_a_shared_direction():
     ctx = 0.3 * rng.standard_normal((Wd, C, L, d))
     base = common + word + ctx
     swap = common + rng.standard_normal((Wd, C, L, d)) + ctx          # another word, same context
-    raw = T.perturbation_scores(base, None, swap)
-    cen = T.perturbation_scores(base - common, None, swap - common)
+    raw = WS.perturbation_scores(base, None, swap)
+    cen = WS.perturbation_scores(base - common, None, swap - common)
     assert raw.p1.min() > 0.99 and raw.p2.min() > 0.99 and np.abs(raw.diff).max() < 0.01
     assert cen.diff.mean() > 0.5
 
@@ -331,11 +332,11 @@ def test_warmup_collapse_may_start_with_flat_intervals():
     rk = [88.7, 87.7, 83.0, 73.0, 7.5, 2.0, 1.3, 2.8, 4.6, 5.3]           # llama-preln as measured
     al = [0.826, 0.840, 0.874, 0.948, 0.902, 0.962, 2.009, 2.981, 3.569, 3.681]
     iv = T.phase_intervals(steps, rk, al, warmup_until=16)
-    assert iv.rankme_sign.iloc[0] == 0                                     # 0 -> 1 is flat
+    assert iv.rankme_sign[0] == 0                                          # 0 -> 1 is flat
     ph = T.mark_phases(steps, rk, al, warmup_until=16)
-    assert (ph.phase.iloc[0], ph.start_step.iloc[0], ph.end_step.iloc[0]) == (T.WARMUP, 0, 16)
+    assert (ph[0].phase, ph[0].start_step, ph[0].end_step) == (T.WARMUP, 0, 16)
     flat_then_up = T.mark_phases(steps, [50, 50.1, 50, 60, 80, 100, 120, 140, 160, 170], np.linspace(1.0, 0.5, 10))
-    assert T.WARMUP not in set(flat_then_up.phase)
+    assert T.WARMUP not in {p.phase for p in flat_then_up}
 
 
 def test_shown_steps():

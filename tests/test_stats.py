@@ -1,11 +1,11 @@
-"""tg_utils.stats: bootstrap intervals over prompts and Pearson correlations."""
+"""tg_utils.metrics.stats: bootstrap intervals over prompts and Pearson correlations."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tg_utils.stats import mean_ci, pearson
+from tg_utils.metrics.stats import mean_ci, pearson
 
 
 def test_mean_ci_per_layer_profile():
@@ -22,8 +22,8 @@ def test_mean_ci_per_layer_profile():
 def test_mean_ci_is_seeded_and_level_and_axis_work():
     values = np.random.default_rng(1).gamma(2.0, size=(30, 4, 3))
     a, b = mean_ci(values, seed=3), mean_ci(values, seed=3)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
+    for field in ("mean", "low", "high"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert not np.array_equal(mean_ci(values, seed=4).low, a.low)
     wide, narrow = mean_ci(values, level=0.99), mean_ci(values, level=0.5)
     assert np.all(wide.high - wide.low > narrow.high - narrow.low)
@@ -46,20 +46,21 @@ def test_pearson_matches_scipy_for_vectors_and_columns():
     rng = np.random.default_rng(2)
     y = rng.normal(size=25)
     x = np.stack([y + rng.normal(scale=s, size=25) for s in (0.1, 1.0, 10.0)], axis=1)
-    r, p = pearson(x, y)                                           # per-layer columns vs a vector
+    res = pearson(x, y)                                            # per-layer columns vs a vector
+    r, p = res.r, res.p
     assert r.shape == p.shape == (3,)
     for j in range(3):
         expected = sps.pearsonr(x[:, j], y)
         assert r[j] == pytest.approx(expected.statistic, abs=1e-12)
         assert p[j] == pytest.approx(expected.pvalue, rel=1e-9)
-    r_t, p_t = pearson(y, x)                                       # either order
-    np.testing.assert_allclose(r_t, r)
+    np.testing.assert_allclose(pearson(y, x).r, r)                 # either order
     single = pearson(x[:, 1], y)
     assert isinstance(single.r, float)
     assert single.p == pytest.approx(sps.pearsonr(x[:, 1], y).pvalue, rel=1e-9)
-    assert pearson(y, 3 * y + 1) == pytest.approx((1.0, 0.0))
-    r_c, p_c = pearson(np.ones(10), y[:10])                        # constant input: undefined
-    assert np.isnan(r_c) and np.isnan(p_c)
+    exact = pearson(y, 3 * y + 1)
+    assert (exact.r, exact.p) == pytest.approx((1.0, 0.0))
+    const = pearson(np.ones(10), y[:10])                           # constant input: undefined
+    assert np.isnan(const.r) and np.isnan(const.p)
 
 
 def test_pearson_errors():

@@ -1,12 +1,14 @@
 """The phase rule on synthetic curves, token convergence per bucket, P1/P2 on constructed states."""
+from dataclasses import fields
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from tg_utils.trajectory import (COMPRESSION, ENTROPY, PHASE_COLUMNS, PHASES, WARMUP,
-                                 PerturbationScores, convergence_by_bucket, describe_phases,
-                                 mark_phases, perturbation_by_bucket, perturbation_scores,
-                                 phase_intervals, running_median)
+from tg_utils.metrics.trajectory import (COMPRESSION, ENTROPY, PHASE_COLUMNS, PHASES, WARMUP, Phase,
+                                         describe_phases, mark_phases, phase_intervals, running_median)
+from tg_utils.metrics.word_states import (PerturbationScores, convergence_by_bucket, perturbation_by_bucket,
+                                          perturbation_scores)
 
 # log-spaced checkpoints as notebook 01 writes them: 0, 1, 2, 4, ..., 16384 (16 checkpoints)
 STEPS = np.array([0] + [2 ** k for k in range(15)])
@@ -26,12 +28,17 @@ def three_phase_curves():
 
 
 def spans(ph):
-    return [(r.phase, r.start_index, r.end_index) for r in ph.itertuples()]
+    return [(r.phase, r.start_index, r.end_index) for r in ph]
+
+
+def columns(result) -> pd.DataFrame:
+    """A column result of tg_utils.metrics.word_states as a DataFrame, one column per field."""
+    return pd.DataFrame({f.name: getattr(result, f.name) for f in fields(result)})
 
 
 def assert_three_phases(ph, tol=1):
-    assert list(ph["phase"]) == [WARMUP, ENTROPY, COMPRESSION]
-    w, e, c = ph.itertuples()
+    assert [r.phase for r in ph] == [WARMUP, ENTROPY, COMPRESSION]
+    w, e, c = ph
     assert w.start_index == 0 and w.start_step == 0
     assert abs(w.end_index - I_TROUGH) <= tol and abs(e.start_index - I_TROUGH) <= tol
     assert abs(e.end_index - I_PEAK) <= tol and abs(c.start_index - I_PEAK) <= tol
@@ -40,19 +47,19 @@ def assert_three_phases(ph, tol=1):
 
 def test_three_phases_boundaries():
     ph = mark_phases(STEPS, *three_phase_curves())
-    assert list(ph.columns) == PHASE_COLUMNS
+    assert all(isinstance(r, Phase) for r in ph) and [f.name for f in fields(Phase)] == PHASE_COLUMNS
     assert_three_phases(ph)
     # the median flattens each turning point: one unlabelled transition interval at most
     assert spans(ph) == [(WARMUP, 0, 4), (ENTROPY, 5, 10), (COMPRESSION, 11, 15)]
-    assert ph.loc[1, "start_step"] == 16 and ph.loc[1, "end_step"] == 512
+    assert ph[1].start_step == 16 and ph[1].end_step == 512
     r, a = three_phase_curves()
-    assert ph.loc[0, "rankme_start"] == r[0] and ph.loc[2, "alpha_end"] == a[-1]
+    assert ph[0].rankme_start == r[0] and ph[2].alpha_end == a[-1]
 
 
 def test_no_smoothing_gives_exact_turning_points():
     ph = mark_phases(STEPS, *three_phase_curves(), smooth=1)
     assert_three_phases(ph)
-    assert ph["n_checkpoints"].sum() >= len(STEPS)
+    assert sum(r.n_checkpoints for r in ph) >= len(STEPS)
 
 
 def noisy(seed, rel=0.03, abs_alpha=0.02):
@@ -97,12 +104,12 @@ def test_warmup_until_ties_the_collapse_to_the_lr_warmup():
     ph = mark_phases(STEPS, 500 * np.exp(-X), 0.5 + 0.15 * X, warmup_until=60)
     # intervals starting before step 60 (the last one is 32 -> 64) are the warmup
     assert spans(ph) == [(WARMUP, 0, 7), (COMPRESSION, 7, len(STEPS) - 1)]
-    assert ph.loc[0, "end_step"] == 64
+    assert ph[0].end_step == 64
 
 
 def test_absent_phases_have_no_row():
     flat = mark_phases(STEPS, np.full(len(STEPS), 40.0), np.full(len(STEPS), 1.0))
-    assert len(flat) == 0 and list(flat.columns) == PHASE_COLUMNS
+    assert flat == ()
     both_up = mark_phases(STEPS, 50 * np.exp(X), 0.5 + 0.15 * X)   # not a phase of the paper
     assert len(both_up) == 0
     lines = describe_phases(both_up)
@@ -115,7 +122,7 @@ def test_absent_phases_have_no_row():
 def test_no_warmup_when_rankme_rises_first():
     r, a = three_phase_curves()
     ph = mark_phases(STEPS[I_TROUGH:], r[I_TROUGH:], a[I_TROUGH:])
-    assert list(ph["phase"]) == [ENTROPY, COMPRESSION]
+    assert [r.phase for r in ph] == [ENTROPY, COMPRESSION]
     assert WARMUP + ": does not appear" in describe_phases(ph)
 
 
@@ -128,11 +135,11 @@ def test_short_blips_are_not_phases():
     ph = mark_phases(STEPS, r2, a2, smooth=1)            # the blip is unlabelled, then the gap filled
     assert spans(ph) == [(ENTROPY, 0, len(STEPS) - 1)]
     assert spans(mark_phases(STEPS, r2, a2, smooth=1, max_gap=0)) == [(ENTROPY, 0, 7), (ENTROPY, 8, 15)]
-    assert mark_phases(STEPS, r2, a2, smooth=1, min_len=1)["phase"].tolist() == [ENTROPY, COMPRESSION, ENTROPY]
+    assert [r.phase for r in mark_phases(STEPS, r2, a2, smooth=1, min_len=1)] == [ENTROPY, COMPRESSION, ENTROPY]
     # a one-interval gap between the same phase is filled (max_gap=1)
     iv = phase_intervals(STEPS, r2, a2, smooth=1)
-    assert iv["raw_label"][7] == COMPRESSION and iv["label"][7] == ENTROPY
-    assert len(iv) == len(STEPS) - 1
+    assert iv.raw_label[7] == COMPRESSION and iv.label[7] == ENTROPY
+    assert len(iv.label) == len(iv.start_step) == len(STEPS) - 1
 
 
 def test_gap_filling():
@@ -148,8 +155,10 @@ def test_describe_and_intervals():
     ph = mark_phases(STEPS, *three_phase_curves())
     lines = describe_phases(ph)
     assert lines[0].startswith("warmup collapse: steps 0-8") and lines[1].startswith("entropy-seeking: steps 16-512")
+    table = pd.DataFrame([{k: getattr(r, k) for k in PHASE_COLUMNS} for r in ph], columns=PHASE_COLUMNS)
+    assert describe_phases(table) == lines                             # a table of phases reads the same
     iv = phase_intervals(STEPS, *three_phase_curves())
-    assert list(iv["start_step"]) == list(STEPS[:-1]) and iv["label"].iloc[4] is None
+    assert list(iv.start_step) == list(STEPS[:-1]) and iv.label[4] is None
 
 
 def test_phase_input_checks():
@@ -177,7 +186,7 @@ def test_convergence_by_bucket_matches_groupby():
     W, L, T = 13, 3, 5
     cos = rng.uniform(-1, 1, (W, L, T))
     buckets = rng.integers(1, 4, W)
-    df = convergence_by_bucket(cos, buckets, steps=[0, 1, 2, 4, 8], layers=[0, 2, 4])
+    df = columns(convergence_by_bucket(cos, buckets, steps=[0, 1, 2, 4, 8], layers=[0, 2, 4]))
     assert len(df) == 3 * L * T
     assert list(df.columns) == ["step", "layer", "bucket", "mean_cos", "std_cos", "n_words", "delta",
                                 "mean_abs_delta"]
@@ -200,7 +209,7 @@ def test_convergence_by_bucket_matches_groupby():
 
 def test_convergence_known_values_and_nan():
     cos = np.array([[[0.2, 0.6, 1.0]], [[0.4, 0.8, 1.0]], [[0.0, np.nan, 1.0]]])   # (3 words, 1 layer, 3 steps)
-    df = convergence_by_bucket(cos, [2, 2, 3])
+    df = columns(convergence_by_bucket(cos, [2, 2, 3]))
     b2 = df[df.bucket == 2]
     np.testing.assert_allclose(b2["mean_cos"], [0.3, 0.7, 1.0])
     np.testing.assert_allclose(b2["delta"].iloc[1:], [0.4, 0.3])
@@ -217,7 +226,7 @@ def test_convergence_with_metrics_token_convergence():
     rng = np.random.default_rng(1)
     states = rng.normal(size=(4, 6, 2, 8))                  # (steps, words, layers, d); last = final
     cos = np.stack([metrics.token_convergence(s, states[-1]) for s in states], -1)   # (6, 2, 4)
-    df = convergence_by_bucket(cos, [1, 1, 2, 2, 2, 3])
+    df = columns(convergence_by_bucket(cos, [1, 1, 2, 2, 2, 3]))
     np.testing.assert_allclose(df[df.step == 3]["mean_cos"], 1.0)
 
 
@@ -295,7 +304,7 @@ def test_perturbation_shape_checks():
 def test_perturbation_by_bucket():
     p1 = np.array([[0.9, 0.8], [0.7, 0.6], [0.5, np.nan]])
     p2 = np.array([[0.1, 0.2], [0.3, 0.2], [0.5, 0.5]])
-    df = perturbation_by_bucket(PerturbationScores(p1, p2), [2, 2, 3], layers=[0, 5])
+    df = columns(perturbation_by_bucket(PerturbationScores(p1, p2), [2, 2, 3], layers=[0, 5]))
     assert list(df.columns) == ["layer", "bucket", "P1", "P2", "P1_minus_P2", "diff_std", "n_words"]
     assert df[["layer", "bucket"]].values.tolist() == [[0, 2], [0, 3], [5, 2], [5, 3]]
     np.testing.assert_allclose(df["P1"].iloc[:3], [0.8, 0.5, 0.7])

@@ -26,7 +26,7 @@ from .cache import cached_states, prompts_hash
 from .extract import extract_states
 from .models import ModelSpec, load_model
 from .paths import OutputDirs
-from .stats import mean_ci                      # TODO metrics.stats
+from .metrics.stats import mean_ci
 from .store import cache_key, cached_table
 
 # bump when the rows written here change: invalidates cached tables (2: verified parquet via tg_utils.store)

@@ -45,7 +45,7 @@ Contexts are stored as text and bucketed per tokenizer at run time:
    `ContextSet.report`), never padded. `ContextSet.key` (tokenizer hash, candidate hash, parameters)
    identifies the set, e.g. for the activation cache; nothing else is cached.
 
-Use with the extractor (states of the last token of every prompt, then tg_utils.trajectory):
+Use with the extractor (states of the last token of every prompt, then tg_utils.metrics.word_states):
     cs = build_contexts(load_contexts(), lm.tokenizer, add_bos=lm.desc.adds_bos)
     base, mask = cs.stack(extract_states(lm, cs.prompts(), layers, positions="last").stacked())
     swap, _ = cs.stack(extract_states(lm, cs.swap_prompts(), layers, positions="last").stacked())

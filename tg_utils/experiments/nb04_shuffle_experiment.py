@@ -29,7 +29,7 @@ from ..geometry import geometry_table, profile_summary
 from ..models import ModelSpec
 from ..models.spec import table_label
 from ..plots.style import model_keys
-from ..stats import pearson                       # TODO metrics.stats
+from ..metrics.stats import pearson
 from ..tables import LONG_COLUMNS
 from .nb02_extract_states import load
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import trajectory as T
+from ..metrics import trajectory as T
 from ..plots.trajectory import final_layer, layer_names, spectral_curves
 from .nb06_training_trajectory_phases import Results, convergence_summary, convergence_trends, short_buckets
 
@@ -41,7 +41,7 @@ def findings(res: Results, threshold: float = 0.9) -> str:
             if res.rule.get("smooth", 1) != 1 and np.isfinite(c.rankme).all() and np.isfinite(c.alpha).all():
                 raw = T.mark_phases(c.step, c.rankme, c.alpha, **dict(res.rule, smooth=1), warmup_until=res.warmup.get(t))
                 out.append("  without smoothing (smooth=1): " + "; ".join(
-                    f"{r.phase} {r.start_step:g}-{r.end_step:g}" for r in raw.itertuples()) if len(raw) else
+                    f"{r.phase} {r.start_step:g}-{r.end_step:g}" for r in raw) if len(raw) else
                     "  without smoothing (smooth=1): no phase")
         else:
             out.append("  phases: not computed (RankMe or alpha undefined at some checkpoint)")

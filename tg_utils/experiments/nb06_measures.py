@@ -4,16 +4,17 @@ those measures (long-form spectra, eigenspectra, power-law fits, phases, converg
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import metrics as M
-from .. import trajectory as T
 from ..cache import cached_states
 from ..data.sequences import batch_prompts
+from ..metrics import trajectory as T
+from ..metrics import word_states as WS
 from ..models import load_model
 from ..models.unembed import model_nll
 from ..train import read_log
@@ -37,22 +38,6 @@ def last_states(lm, prompts: Sequence[Sequence[int]], out_dir="outputs", batch_t
     out = np.empty_like(x)
     out[order] = x
     return out
-
-
-def power_law_intercept(eigs, alpha) -> np.ndarray:
-    """log-intercept b of the alpha-ReQ fit log(lambda_r) = b - alpha log r (the weighted least squares of
-    metrics.alpha_req: ranks 12..100 with weights 1/r; for that fit b = sum w (log lambda + alpha log r) /
-    sum w). eigs (..., n), alpha (...) -> (...)."""
-    e = np.asarray(eigs, dtype=np.float64)
-    a = np.asarray(alpha, dtype=np.float64)
-    rank = np.arange(1, e.shape[-1] + 1)
-    lo, hi = M.ALPHA_FIT_RANKS
-    n_pos = (e > 0).sum(-1, keepdims=True)
-    fit = (rank >= lo) & (rank <= hi) & (rank <= n_pos)
-    w = np.where(fit, (1.0 / rank.astype(np.float32)).astype(np.float64), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y = np.where(fit, np.log(np.where(e > 0, e, 1.0)) + a[..., None] * np.log(rank), 0.0)
-        return (w * y).sum(-1) / w.sum(-1)
 
 
 def layer_spectra(states) -> dict[str, np.ndarray]:
@@ -80,7 +65,7 @@ def layer_spectra(states) -> dict[str, np.ndarray]:
         except ValueError:
             continue
         out["alpha"][l], out["alpha_r2"][l], out["alpha_r2_100"][l] = a.alpha, a.r2, a.r2_100
-        out["intercept"][l] = power_law_intercept(eigs[l], a.alpha)
+        out["intercept"][l] = M.power_law_intercept(eigs[l], a.alpha)
     out["eigs"] = eigs
     return out
 
@@ -116,9 +101,9 @@ def measure_checkpoint(lm, inputs: Inputs, P, step: int) -> CheckpointResult:
     if cs is not None:
         base, mask = cs.stack(last_states(lm, cs.prompts(), P.out_dir, P.batch_tokens))
         swap, _ = cs.stack(last_states(lm, cs.swap_prompts(), P.out_dir, P.batch_tokens))
-        raw = T.perturbation_scores(base, None, swap, base_mask=mask)
+        raw = WS.perturbation_scores(base, None, swap, base_mask=mask)
         mu = S.mean(0)                                   # (L, d): the mean last-token state of the windows
-        centred = T.perturbation_scores(base - mu, None, swap - mu, base_mask=mask)
+        centred = WS.perturbation_scores(base - mu, None, swap - mu, base_mask=mask)
         p1, p2, c1, c2 = raw.p1, raw.p2, centred.p1, centred.p2
     return CheckpointResult(step, spec, float(np.mean(nll)) if nll is not None else float("nan"), words, p1, p2,
                             time.perf_counter() - t0, c1, c2)
@@ -163,6 +148,20 @@ def fit_rows(traj: Trajectory, results: Sequence[CheckpointResult]) -> pd.DataFr
                          for r in results for l in range(len(r.spectra["alpha"]))])
 
 
+def frame(result) -> pd.DataFrame:
+    """A metrics.trajectory / metrics.word_states result as a table: mark_phases' Phases one row each
+    (the PHASE_COLUMNS, also when there are none), else one column per field of the result (the label
+    columns of PhaseIntervals as objects: None stays None)."""
+    if isinstance(result, tuple):
+        return pd.DataFrame([asdict(p) for p in result], columns=T.PHASE_COLUMNS)
+    cols = [f.name for f in fields(result)]
+    df = pd.DataFrame({k: getattr(result, k) for k in cols if not k.endswith("label")})
+    for k in cols:
+        if k.endswith("label"):
+            df[k] = pd.Series(list(getattr(result, k)), dtype=object)
+    return df
+
+
 def rule_kwargs(P) -> dict:
     """The phase-rule parameters of P (trajectory.mark_phases keywords, warmup_until aside)."""
     return dict(smooth=P.phase_smooth, min_rankme_slope=P.min_rankme_slope, min_alpha_slope=P.min_alpha_slope,
@@ -179,8 +178,8 @@ def phase_tables(traj: Trajectory, spectra: pd.DataFrame, P) -> tuple[pd.DataFra
         g = g.sort_values("step")
         if not (np.isfinite(g.rankme).all() and np.isfinite(g.alpha).all() and (g.rankme > 0).all()):
             continue
-        ph.append(T.mark_phases(g.step, g.rankme, g.alpha, **kw).assign(trajectory=traj.name, layer=layer))
-        iv.append(T.phase_intervals(g.step, g.rankme, g.alpha, **kw).assign(trajectory=traj.name, layer=layer))
+        ph.append(frame(T.mark_phases(g.step, g.rankme, g.alpha, **kw)).assign(trajectory=traj.name, layer=layer))
+        iv.append(frame(T.phase_intervals(g.step, g.rankme, g.alpha, **kw)).assign(trajectory=traj.name, layer=layer))
     cols_p = ["trajectory", "layer", *T.PHASE_COLUMNS]
     phases = pd.concat(ph, ignore_index=True)[cols_p] if ph else pd.DataFrame(columns=cols_p)
     intervals = pd.concat(iv, ignore_index=True) if iv else pd.DataFrame()
@@ -190,21 +189,21 @@ def phase_tables(traj: Trajectory, spectra: pd.DataFrame, P) -> tuple[pd.DataFra
 
 
 def convergence_rows(traj: Trajectory, inputs: Inputs, results: Sequence[CheckpointResult]) -> pd.DataFrame:
-    """trajectory.convergence_by_bucket of every word-prompt prefix, with trajectory and prefix columns
+    """word_states.convergence_by_bucket of every word-prompt prefix, with trajectory and prefix columns
     ("" = the word alone)."""
     steps = [r.step for r in results]
     parts = []
     for p, wp in inputs.words.items():
         final = results[-1].word_states[p]
         cos = np.stack([M.token_convergence(r.word_states[p], final) for r in results], -1)   # (W, L, T)
-        df = T.convergence_by_bucket(cos, wp.n_tokens, steps=steps)
+        df = frame(WS.convergence_by_bucket(cos, wp.n_tokens, steps=steps))
         parts.append(df.assign(trajectory=traj.name, prefix=p))
     df = pd.concat(parts, ignore_index=True)
     return df[["trajectory", "prefix"] + [c for c in df.columns if c not in ("trajectory", "prefix")]]
 
 
 def perturbation_rows(traj: Trajectory, inputs: Inputs, results: Sequence[CheckpointResult]) -> pd.DataFrame:
-    """trajectory.perturbation_by_bucket at every checkpoint, with trajectory, step and `states` columns:
+    """word_states.perturbation_by_bucket at every checkpoint, with trajectory, step and `states` columns:
     "raw" (cosines of the states, the definition) and "centred" (of the states minus the mean last-token
     state of the spectrum windows at that layer and checkpoint: a common direction that every state
     shares makes every raw cosine close to 1 and hides the differences)."""
@@ -215,7 +214,7 @@ def perturbation_rows(traj: Trajectory, inputs: Inputs, results: Sequence[Checkp
     for r in results:
         for name, (a1, a2) in (("raw", (r.p1, r.p2)), ("centred", (r.p1_centred, r.p2_centred))):
             if a1 is not None:
-                parts.append(T.perturbation_by_bucket(T.PerturbationScores(a1, a2), b)
+                parts.append(frame(WS.perturbation_by_bucket(WS.PerturbationScores(a1, a2), b))
                              .assign(trajectory=traj.name, step=r.step, states=name))
     df = pd.concat(parts, ignore_index=True)
     return df[["trajectory", "step", "states"] + [c for c in df.columns if c not in ("trajectory", "step", "states")]]

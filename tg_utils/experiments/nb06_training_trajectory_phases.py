@@ -59,14 +59,14 @@ from .nb06_inputs import (Checkpoint, Inputs, Trajectory, build_inputs, bucket_r
                           hub_trajectory, read_context_candidates, read_words, revision_step, toy_trajectory,
                           trajectories)
 from .nb06_measures import (SPECTRAL_METRICS, CheckpointResult, convergence_rows, eig_rows, fit_rows,
-                            last_states, layer_spectra, load_checkpoint, measure_checkpoint, perturbation_rows,
-                            phase_tables, power_law_intercept, rule_kwargs, spectra_rows, training_log)
+                            frame, last_states, layer_spectra, load_checkpoint, measure_checkpoint,
+                            perturbation_rows, phase_tables, rule_kwargs, spectra_rows, training_log)
 
 __all__ = ["NB", "LONG_TABLES", "SPECTRAL_METRICS", "Checkpoint", "CheckpointResult", "Inputs", "Results",
            "Trajectory", "build_inputs", "bucket_report", "checkpoint_table", "convergence_rows",
-           "convergence_summary", "convergence_trends", "describe_run", "eig_rows", "fit_rows", "hub_trajectory",
-           "last_states", "layer_spectra", "load_checkpoint", "measure_checkpoint", "perturbation_rows",
-           "phase_tables", "power_law_intercept", "read_context_candidates", "read_words", "result_tables",
+           "convergence_summary", "convergence_trends", "describe_run", "eig_rows", "fit_rows", "frame",
+           "hub_trajectory", "last_states", "layer_spectra", "load_checkpoint", "measure_checkpoint",
+           "perturbation_rows", "phase_tables", "read_context_candidates", "read_words", "result_tables",
            "revision_step", "rule_kwargs", "run", "run_trajectories", "save_tables", "short_buckets",
            "spectra_rows", "toy_trajectory", "training_log", "trajectories"]
 

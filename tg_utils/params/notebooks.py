@@ -240,7 +240,7 @@ class TrajectoryParams(NotebookParams):
     n_seqs: int = 512
     seq_len: int = 128
     spectra_shown: int = 4              # checkpoints per trajectory in the eigenspectrum figure
-    # phase rule (tg_utils.trajectory.mark_phases; warmup_until = each run's LR warmup)
+    # phase rule (tg_utils.metrics.trajectory.mark_phases; warmup_until = each run's LR warmup)
     phase_smooth: int = 3
     min_rankme_slope: float = 0.05
     min_alpha_slope: float = 0.02

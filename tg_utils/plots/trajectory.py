@@ -14,7 +14,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
 from .. import metrics as M
-from .. import trajectory as T
+from ..metrics import trajectory as T
 
 
 # ============================================================================ the curves a figure reads

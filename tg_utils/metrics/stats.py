@@ -9,16 +9,20 @@ pearson(x, y)                                          -> Pearson(r, p)
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
+
+from ._arrays import _to_numpy
 
 __all__ = ["MeanCI", "Pearson", "mean_ci", "pearson", "MIN_SAMPLES"]
 
 MIN_SAMPLES = 3
 
 
-class MeanCI(NamedTuple):
+@dataclass(frozen=True)
+class MeanCI:
     """Mean over samples and its bootstrap percentile interval; each has the input's shape
     without the sample axis (floats for a 1-d input)."""
     mean: np.ndarray | float
@@ -26,7 +30,8 @@ class MeanCI(NamedTuple):
     high: np.ndarray | float
 
 
-class Pearson(NamedTuple):
+@dataclass(frozen=True)
+class Pearson:
     """Pearson correlation coefficient and its two-sided p-value (t-test, n - 2 degrees of
     freedom); floats for two vectors, else one value per column."""
     r: np.ndarray | float
@@ -35,13 +40,7 @@ class Pearson(NamedTuple):
 
 def _samples(values, name: str, axis: int = 0) -> np.ndarray:
     """values as float64 with the sample axis first, checked for size and finiteness."""
-    try:
-        import torch
-        if isinstance(values, torch.Tensor):
-            values = values.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency of the project
-        pass
-    v = np.asarray(values, dtype=np.float64)
+    v = np.asarray(_to_numpy(values), dtype=np.float64)
     if v.ndim == 0:
         raise ValueError(f"{name} must have a sample axis, got a scalar.")
     v = np.moveaxis(v, axis, 0)
@@ -90,8 +89,6 @@ def pearson(x, y) -> Pearson:
     n_layers) vs y (n_prompts,) gives one (r, p) per layer. A constant column gives NaN.
     The p-value is that of scipy.stats.pearsonr: t = r sqrt((n - 2) / (1 - r^2)), n - 2 d.o.f.
     """
-    from scipy import stats
-
     xs, ys = _samples(x, "x"), _samples(y, "y")
     if xs.shape[0] != ys.shape[0]:
         raise ValueError(f"x has {xs.shape[0]} samples and y {ys.shape[0]}; pair them one to one.")
