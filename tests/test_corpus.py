@@ -3,7 +3,7 @@ import random
 import pandas as pd
 import pytest
 
-from tg_utils.corpus import (Article, CorpusError, build_prompts, clean_wiki_text, load_corpus,
+from tg_utils.data.corpus import (Article, CorpusError, build_prompts, clean_wiki_text, load_corpus,
                              shuffle_blocks, split_by_hash)
 
 

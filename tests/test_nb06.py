@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tg_utils import metrics as M
-from tg_utils.corpus import Article, Corpus
+from tg_utils.data.corpus import Article, Corpus
 from tg_utils.data.sequences import batch_prompts, sequence_windows
 from tg_utils.experiments import nb06_training_trajectory_phases as nb06
 from tg_utils.experiments.nb06_findings import findings

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tg_utils.corpus import Article, Corpus
+from tg_utils.data.corpus import Article, Corpus
 from tg_utils.data import prompts
 from tg_utils.experiments import nb02_extract_states as nb02
 from tg_utils.experiments import nb04_shuffle_experiment as nb04

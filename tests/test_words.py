@@ -5,17 +5,18 @@ import warnings
 import numpy as np
 import pytest
 
-from tg_utils.corpus import Article, Corpus
+from tg_utils.data.contexts import (CONTEXT_COLUMNS, build_contexts, context_candidates, load_contexts,
+                                    write_contexts)
+from tg_utils.data.corpus import Article, Corpus
+from tg_utils.data.words import (DEFAULT_PREFIX, bucket_by_tokens, bucket_table, frequent_words,
+                                 read_word_list, select_by_bucket, tokenizer_hash, word_prompts,
+                                 word_token_ids, write_word_list)
 from tg_utils.paths import resolve
-from tg_utils.words import (CONTEXT_COLUMNS, DEFAULT_PREFIX, bucket_by_tokens, bucket_table,
-                            build_contexts, context_candidates, frequent_words, load_contexts,
-                            read_word_list, select_by_bucket, tokenizer_hash, word_prompts, word_token_ids,
-                            write_contexts, write_word_list)
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    from tg_utils.corpus import load_corpus
+    from tg_utils.data.corpus import load_corpus
     return load_corpus()
 
 
@@ -27,14 +28,19 @@ def toy_tokenizer(corpus):
 
 
 @pytest.fixture(scope="module")
-def toy_contexts(toy_tokenizer):
+def toy_contexts_and_warnings(toy_tokenizer):
+    """(ContextSet of the toy tokenizer, the warning messages building it gave)."""
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         cs = build_contexts(load_contexts(), toy_tokenizer)
         print(f"build_contexts (toy 8192): {time.perf_counter() - t0:.1f} s")
-    cs.warnings = [str(x.message) for x in w]
-    return cs
+    return cs, [str(x.message) for x in w]
+
+
+@pytest.fixture(scope="module")
+def toy_contexts(toy_contexts_and_warnings):
+    return toy_contexts_and_warnings[0]
 
 
 # ============================================================================ word list
@@ -183,8 +189,8 @@ def test_committed_contexts_are_up_to_date(tmp_path):
 
 # ============================================================================ per-tokenizer contexts
 
-def test_build_contexts_toy_tokenizer(toy_contexts, toy_tokenizer):
-    cs = toy_contexts
+def test_build_contexts_toy_tokenizer(toy_contexts_and_warnings, toy_tokenizer):
+    cs, messages = toy_contexts_and_warnings
     t = cs.table
     assert list(t.columns) == CONTEXT_COLUMNS
     print(cs.report.to_string())
@@ -211,7 +217,7 @@ def test_build_contexts_toy_tokenizer(toy_contexts, toy_tokenizer):
     rep = cs.report.set_index("bucket")
     assert rep.loc[[2, 3, 4, 5], "enough"].all() and (rep.loc[[2, 3, 4, 5], "n_words"] >= 20).all()
     assert not rep.loc[6, "enough"] and rep.loc[6, "n_words"] < 20
-    assert any("bucket(s) [6]" in m for m in cs.warnings)
+    assert any("bucket(s) [6]" in m for m in messages)
     assert (rep["n_contexts"] == 5 * rep["n_words"]).all()
     # words in bucket order; stack() gives (n_words, n_contexts, ...)
     assert (np.diff(cs.word_buckets()) >= 0).all() and len(cs.word_buckets()) == len(cs.words)

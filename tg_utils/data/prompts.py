@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..corpus import CorpusError, build_prompts, shuffle_blocks   # TODO data.corpus
+from .corpus import CorpusError, build_prompts, shuffle_blocks
 
 
 def model_prompts(lm, corpus, split: str, n_tokens: int, n_prompts: int, bos: bool = False,

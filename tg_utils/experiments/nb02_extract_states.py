@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from ..cache import cache_footprint, format_footprint
-from ..corpus import load_corpus                  # TODO data.corpus
+from ..data.corpus import load_corpus
 from ..data.prompts import model_prompts
 from ..geometry import mean_norms, profile_states
 from ..models import ModelSpec, load_model

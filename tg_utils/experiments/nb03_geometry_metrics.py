@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..corpus import load_corpus                  # TODO data.corpus
+from ..data.corpus import load_corpus
 from ..geometry import cosine_matrix, geometry_table, profile_states, profile_summary
 from ..models import ModelSpec
 from ..models.spec import table_label

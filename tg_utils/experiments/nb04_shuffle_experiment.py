@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..corpus import load_corpus                  # TODO data.corpus
+from ..data.corpus import load_corpus
 from ..data.prompts import ShufflePrompts, build_shuffle_prompts
 from ..geometry import geometry_table, profile_summary
 from ..models import ModelSpec

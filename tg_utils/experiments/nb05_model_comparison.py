@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..corpus import load_corpus                  # TODO data.corpus
+from ..data.corpus import load_corpus
 from ..geometry import profile_summary
 from ..models.spec import table_label
 from ..plots.style import model_keys, with_labels

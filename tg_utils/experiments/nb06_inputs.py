@@ -11,7 +11,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from .. import words as W
+from ..data import contexts as C
+from ..data import words as W
 from ..data.sequences import SequenceSet, sequence_windows
 from ..models.spec import HOW_TO_TRAIN, ModelSpec
 from ..train import encode_texts
@@ -122,7 +123,7 @@ class Inputs:
     seqs: SequenceSet
     word_buckets: dict[str, int]
     words: dict[str, W.WordPrompts]          # prefix ("" = the word alone) -> prompts
-    contexts: W.ContextSet | None
+    contexts: C.ContextSet | None
 
 
 def read_words(P, corpus) -> list[str]:
@@ -135,8 +136,8 @@ def read_words(P, corpus) -> list[str]:
 def read_context_candidates(P, corpus) -> dict:
     """Context candidates: P.contexts_path, or (None) built from every split of the corpus."""
     if P.contexts_path:
-        return W.load_contexts(P.contexts_path)
-    return W.context_candidates([t for s in corpus.splits for t in corpus.texts(s)],
+        return C.load_contexts(P.contexts_path)
+    return C.context_candidates([t for s in corpus.splits for t in corpus.texts(s)],
                                 min_contexts=P.min_contexts, seed=P.seed)
 
 
@@ -154,7 +155,7 @@ def build_inputs(P, lm, corpus, word_list: Sequence[str], candidates: dict | Non
              for p in P.word_prefixes}
     cs = None
     if candidates is not None and P.context_buckets:
-        cs = W.build_contexts(candidates, tok, buckets=P.context_buckets, min_contexts=P.min_contexts,
+        cs = C.build_contexts(candidates, tok, buckets=P.context_buckets, min_contexts=P.min_contexts,
                               min_words=P.min_context_words, max_words=P.context_words_per_bucket,
                               add_bos=desc.adds_bos, seed=P.seed, warn=False)
         if len(cs.table) == 0:

@@ -52,8 +52,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import words as W
-from ..corpus import load_corpus
+from ..data import words as W
+from ..data.corpus import load_corpus
 from ..tables import save_table
 from .nb06_inputs import (Checkpoint, Inputs, Trajectory, build_inputs, bucket_report, checkpoint_table,
                           hub_trajectory, read_context_candidates, read_words, revision_step, toy_trajectory,

@@ -18,12 +18,16 @@ from __future__ import annotations
 import bz2
 import hashlib
 import importlib.util
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
+
+from ..paths import resolve, write_text_atomic
 
 SPLITS = ("train", "validation", "test")
 GENSIM_WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -39,7 +43,7 @@ class Article:
     text: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Corpus:
     name: str
     splits: dict[str, list[Article]]
@@ -66,7 +70,6 @@ class Corpus:
 
     def stats(self, tokenizer=None):
         """A tidy table: split, articles, MB (UTF-8), words (whitespace), tokens (if a tokenizer)."""
-        import pandas as pd
         rows = []
         for name, arts in self.splits.items():
             row = {"split": name, "articles": len(arts),
@@ -88,7 +91,7 @@ _EMPTY_ITEM = re.compile(r"^[\s*#:;|]*$", re.M)
 def clean_wiki_text(text: str) -> str:
     """Plain prose from wiki markup: gensim's filter_wiki, then bold/italic quotes, heading markers,
     empty list items and runs of blank lines removed, spaces before punctuation closed."""
-    from gensim.corpora.wikicorpus import filter_wiki
+    from gensim.corpora.wikicorpus import filter_wiki   # slow import; only when the corpus cache is built
     text = filter_wiki(text)
     text = text.replace("'''", "").replace("''", "")
     text = _HEADING.sub(r"\1", text)
@@ -133,8 +136,6 @@ _CLEAN_VERSION = 1  # bump when clean_wiki_text changes: invalidates the on-disk
 
 def _read_gensim_wiki(min_chars: int) -> list[Article]:
     """Parse and clean the extract (~9 s), cached as JSON under outputs/corpus/ (~0.1 s)."""
-    import json
-    from .paths import resolve, write_text_atomic
     src = gensim_wiki_path()
     key = hashlib.sha1(f"{src.stat().st_size}:{_CLEAN_VERSION}:{min_chars}".encode()).hexdigest()[:12]
     cache = resolve(f"outputs/corpus/gensim-wiki-{key}.json")
@@ -149,7 +150,7 @@ def _read_gensim_wiki(min_chars: int) -> list[Article]:
 
 
 def _parse_gensim_wiki(src: Path, min_chars: int) -> list[Article]:
-    from gensim.corpora.wikicorpus import extract_pages
+    from gensim.corpora.wikicorpus import extract_pages   # slow import; only when the corpus cache is built
     with bz2.open(src) as f:
         pages = list(extract_pages(f))
     arts = []
@@ -196,7 +197,7 @@ def _read_wikitext(path: Path) -> dict[str, list[Article]]:
             f"{path} is not a WikiText-2 directory: expected wiki.train.raw, wiki.valid.raw and "
             "wiki.test.raw, or train-*.parquet, validation-*.parquet and test-*.parquet (the layout "
             "of wikitext-2-raw-v1); found: " + (", ".join(sorted(p.name for p in path.iterdir())) or "nothing"))
-    import datasets
+    import datasets            # heavy optional dependency: only for a user-supplied WikiText corpus
     ds = datasets.load_dataset(kind, data_files=files, keep_linebreaks=True) if kind == "text" \
         else datasets.load_dataset(kind, data_files=files)
     return {s: _wikitext_articles(ds[s]["text"]) for s in SPLITS}
@@ -220,7 +221,6 @@ def load_corpus(source: str = "gensim-wiki", path: str | Path | None = None,
         return Corpus(source, split_by_hash(_read_gensim_wiki(min_chars), fractions))
     if path is None:
         raise CorpusError(f"corpus source {source!r} needs a path (corpus_path parameter)")
-    from .paths import resolve
     path = resolve(path)
     if source == "wikitext":
         return Corpus(f"wikitext:{path.name}", _read_wikitext(path))
