@@ -45,12 +45,12 @@ def toy_model():
     import torch
 
     from tg_utils.models import LoadedModel, describe, load_model
-    from tg_utils.train import list_checkpoints
+    from tg_utils.toy.checkpoints import list_checkpoints
     ck = ROOT / "outputs" / "checkpoints"
     runs = sorted(p.name for p in ck.iterdir() if p.is_dir() and list_checkpoints(p)) if ck.is_dir() else []
     if runs:
         return load_model(f"toy:{runs[0]}")
-    from tg_utils.toy_model import ToyConfig, ToyTransformer
+    from tg_utils.toy.model import ToyConfig, ToyTransformer
     torch.manual_seed(0)
     m = ToyTransformer(ToyConfig()).eval().requires_grad_(False)
     return LoadedModel(m, None, describe(m, None, spec="toy(random)"))

@@ -16,8 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tg_utils.toy_model import PRESETS, ToyTransformer, preset
-from tg_utils.train import TrainConfig, make_optimizer
+from tg_utils.toy.model import PRESETS, ToyTransformer, preset
+from tg_utils.toy.train import TrainConfig, make_optimizer
 
 
 def bench(name: str, args) -> dict:

@@ -17,10 +17,11 @@ import time
 import pandas as pd
 import torch
 
-from tg_utils import toy_runs
 from tg_utils.params.notebooks import TrainToyParams
 from tg_utils.paths import OutputDirs
-from tg_utils.train import read_summary, train_run
+from tg_utils.toy import runs as toy_runs
+from tg_utils.toy.checkpoints import read_summary
+from tg_utils.toy.train import train_run
 
 
 def main() -> None:

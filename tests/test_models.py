@@ -38,7 +38,7 @@ def tiny_hf(kind: str, seed: int = 0, vocab: int = 120):
 
 
 def tiny_toy(preset_name: str = "llama-preln", seed: int = 0):
-    from tg_utils.toy_model import ToyTransformer, preset
+    from tg_utils.toy.model import ToyTransformer, preset
     torch.manual_seed(seed)
     cfg = preset(preset_name, n_layer=3, d_model=32, n_head=4, d_ff=64, vocab_size=120, context=48)
     return ToyTransformer(cfg).eval().requires_grad_(False)
@@ -60,8 +60,8 @@ def llama_dir(tmp_path_factory, word_tokenizer):
 
 def train_toy_run(out_dir, name="llama-preln", steps=2):
     """A real toy run (two optimizer steps) in <out_dir>/checkpoints/<name>."""
-    from tg_utils.toy_model import preset
-    from tg_utils.train import TrainConfig, train_run
+    from tg_utils.toy.model import preset
+    from tg_utils.toy.train import TrainConfig, train_run
     cfg = preset(name, n_layer=2, d_model=32, n_head=2, d_ff=64, vocab_size=64, context=32)
     tc = TrainConfig(max_steps=steps, batch_size=2, warmup_steps=0, eval_every=1, save_every=1,
                      eval_batch_size=2)

@@ -368,9 +368,9 @@ def test_end_to_end_on_a_tiny_trained_toy_model(tmp_path):
     import matplotlib.pyplot as plt
 
     from tg_utils.figures import save_figure
-    from tg_utils.tokenizer import train_bpe_tokenizer
-    from tg_utils.toy_model import preset
-    from tg_utils.train import TrainConfig, encode_texts, train_run
+    from tg_utils.toy.model import preset
+    from tg_utils.toy.tokenizer import train_bpe_tokenizer
+    from tg_utils.toy.train import TrainConfig, encode_texts, train_run
 
     corpus = _tiny_corpus()
     tok = train_bpe_tokenizer(corpus.texts("train"), vocab_size=300)

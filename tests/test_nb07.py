@@ -29,7 +29,7 @@ from tg_utils.weights import umap as WU
 # ----------------------------------------------------------------------------- tiny models
 
 def tiny_toy(preset: str, seed: int = 0, vocab: int = 120, n_layer: int = 3):
-    from tg_utils.toy_model import ToyTransformer, preset as make
+    from tg_utils.toy.model import ToyTransformer, preset as make
     torch.manual_seed(seed)
     m = ToyTransformer(make(preset, n_layer=n_layer, d_model=32, n_head=4, d_ff=64, vocab_size=vocab,
                             context=48)).eval().requires_grad_(False)
@@ -288,9 +288,9 @@ def test_parameter_checks():
 
 @pytest.fixture(scope="module")
 def toy_tokenizer():
-    """The toy models' byte-level BPE (tg_utils.tokenizer) trained on a few sentences, so that some common
+    """The toy models' byte-level BPE (tg_utils.toy.tokenizer) trained on a few sentences, so that some common
     nouns (" dog", " water", " house", ...) are one token and most are not."""
-    from tg_utils.tokenizer import train_bpe_tokenizer
+    from tg_utils.toy.tokenizer import train_bpe_tokenizer
     texts = ["The quick brown fox jumps over the lazy dog. " * 20,
              "The dog drank water in the house of the king. " * 20,
              "Music filled the city at night. " * 10]
@@ -298,8 +298,8 @@ def toy_tokenizer():
 
 
 def _train(out_dir, name, tokenizer):
-    from tg_utils.toy_model import preset
-    from tg_utils.train import TrainConfig, train_run
+    from tg_utils.toy.model import preset
+    from tg_utils.toy.train import TrainConfig, train_run
     cfg = preset(name, n_layer=4, d_model=32, n_head=4, d_ff=64, vocab_size=len(tokenizer), context=32)
     tc = TrainConfig(max_steps=2, batch_size=2, warmup_steps=0, eval_every=1, save_every=1, eval_batch_size=2)
     ids = np.asarray(tokenizer(" ".join(["The quick brown fox jumps over the lazy dog."] * 30))["input_ids"])

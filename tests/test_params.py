@@ -85,7 +85,7 @@ def test_bad_profile_section_names_file_and_section(tmp_path, monkeypatch):
 
 
 def test_lr_by_run_sets_each_runs_peak_rate_and_rejects_unknown_runs():
-    from tg_utils import toy_runs
+    from tg_utils.toy import runs as toy_runs
     from tg_utils.params.notebooks import TrainToyParams
     P = TrainToyParams.from_dict({"lr": 3e-3, "lr_by_run": {"standard-postln": 7e-4, "llama-postln-nowarmup": 1e-3}})
     assert toy_runs.train_config(P, "llama-preln").lr == 3e-3

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tg_utils.toy_model import (PRESETS, Block, GeluMLP, SwiGLU, ToyConfig, ToyTransformer, preset,
+from tg_utils.toy.model import (PRESETS, Block, GeluMLP, SwiGLU, ToyConfig, ToyTransformer, preset,
                                 swiglu_hidden)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,23 +1,20 @@
 """Training: schedule, data, perplexity, weight-decay groups, checkpoints and exact resume; the tokenizer."""
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from tg_utils.tokenizer import EOS, load_tokenizer, train_bpe_tokenizer
-from tg_utils.toy_model import ToyTransformer, preset
-from tg_utils.train import (CKPT_FORMAT, CheckpointError, LOG_COLUMNS, TrainConfig, checkpoint_steps,
-                            encode_texts, eval_windows, evaluate_perplexity, list_checkpoints,
-                            load_checkpoint, lr_at, random_batch, read_log, read_summary, train_run,
-                            unigram_perplexity, weight_decay_groups)
+from tg_utils.toy.checkpoints import (CKPT_FORMAT, LOG_COLUMNS, CheckpointError, checkpoint_steps,
+                                      list_checkpoints, load_checkpoint, read_log, read_summary)
+from tg_utils.toy.model import ToyTransformer, preset
+from tg_utils.toy.tokenizer import EOS, load_tokenizer, train_bpe_tokenizer
+from tg_utils.toy.train import (TrainConfig, encode_texts, eval_windows, evaluate_perplexity, lr_at,
+                                random_batch, train_run, unigram_perplexity, weight_decay_groups)
 
 from conftest import SAMPLE_TEXTS
 

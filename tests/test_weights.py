@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tg_utils import toy_model as TM
+from tg_utils.toy import model as TM
 from tg_utils import weights as W
 
 

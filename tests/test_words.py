@@ -23,7 +23,7 @@ def corpus():
 @pytest.fixture(scope="module")
 def toy_tokenizer(corpus):
     """The toy models' tokenizer: byte-level BPE, vocab 8192, trained on the default train split."""
-    from tg_utils.tokenizer import train_bpe_tokenizer
+    from tg_utils.toy.tokenizer import train_bpe_tokenizer
     return train_bpe_tokenizer(corpus.texts("train"), vocab_size=8192)
 
 

@@ -15,7 +15,7 @@ from ..data import contexts as C
 from ..data import words as W
 from ..data.sequences import SequenceSet, sequence_windows
 from ..models.spec import HOW_TO_TRAIN, ModelSpec
-from ..train import encode_texts
+from ..toy.train import encode_texts
 
 
 # ============================================================================ what is read

@@ -17,7 +17,7 @@ from ..metrics import trajectory as T
 from ..metrics import word_states as WS
 from ..models import load_model
 from ..models.unembed import model_nll
-from ..train import read_log
+from ..toy.checkpoints import read_log
 from .nb06_inputs import Checkpoint, Inputs, Trajectory
 
 SPECTRAL_METRICS = ("rankme", "rankme_singular", "alpha", "alpha_r2", "alpha_r2_100")
@@ -221,7 +221,7 @@ def perturbation_rows(traj: Trajectory, inputs: Inputs, results: Sequence[Checkp
 
 
 def training_log(traj: Trajectory) -> pd.DataFrame:
-    """The toy run's training log (tg_utils.train.read_log) with a trajectory column; empty for hub models."""
+    """The toy run's training log (tg_utils.toy.checkpoints.read_log) with a trajectory column; empty for hub models."""
     if traj.run_dir is None:
         return pd.DataFrame()
     return read_log(traj.run_dir).assign(trajectory=traj.name)

@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from ..paths import model_cache_dir
 from ..store import cache_key, verified_folder, write_folder
-from ..train import CheckpointError, load_checkpoint  # TODO toy.checkpoints
+from ..toy.checkpoints import CheckpointError, load_checkpoint
 from .arch import ModelDescription, arch_for, describe
 from .spec import HOW_TO_TRAIN, ModelSpec, ModelSpecError, unknown_spec
 

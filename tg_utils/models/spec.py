@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import resolve
-from ..train import _step_path as checkpoint_path, list_checkpoints  # TODO toy.checkpoints
+from ..toy.checkpoints import list_checkpoints, step_path as checkpoint_path
 
 HOW_TO_TRAIN = "train it with notebook 01 (bash run_all.sh --only 01)"
 

@@ -1,27 +1,10 @@
-"""Training the toy transformers: data windows, AdamW with warmup + cosine decay, perplexity, and
-checkpoints that notebook 06 reads as a training trajectory.
-
-Run directory layout (one run = one preset + one train config):
-    run_dir/config.json          model and train config (human-readable copy)
-    run_dir/tokenizer.json       the tokenizer the run was trained with (the checkpoints' tokenizer reference)
-    run_dir/step_000000.pt       trajectory checkpoints at checkpoint_steps(max_steps): 0, 1, 2, 4, ..., last;
-    run_dir/step_000001.pt ...   step s = the weights after s optimizer updates (step 0 = random init)
-    run_dir/last.pt              rolling resume checkpoint (every save_every steps; removed when the run ends)
-    run_dir/train_log.csv        tidy log, one row per step s = updates done (row 0 = the init, eval only):
-                                 lr and train_loss of update s, grad_norm before clipping, val_loss/val_ppl
-                                 every eval_every steps (on eval_tokens validation tokens), test_loss/test_ppl
-                                 on the last row (full test split), tokens_seen, elapsed_s (compute time)
-    run_dir/summary.json         written last: final full-split validation/test perplexity, unigram baselines
-Every file is written atomically (temp file, then rename). A checkpoint is a torch.save'd dict, readable
-with torch.load(weights_only=True): format, step, model_config, model_state, optimizer_state (None in
-weights-only trajectory checkpoints), data_rng_state, torch_rng_state, train_config, tokenizer
-("tokenizer.json", relative to run_dir, or None), tokens_seen, elapsed_s, log (the rows so far).
+"""Training the toy transformers: data windows, AdamW with warmup + cosine decay, the training loop
+(exact resume), perplexity. The files a run writes (checkpoints that notebook 06 reads as a training
+trajectory, the log, the summary) are described and handled in tg_utils.toy.checkpoints.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -32,18 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .paths import atomic_path, write_text_atomic
-from .toy_model import ToyConfig, ToyTransformer, dataclass_from_dict
-
-CKPT_FORMAT = "tg-toy-checkpoint-v1"
-LOG_COLUMNS = ["step", "lr", "train_loss", "grad_norm", "val_loss", "val_ppl", "test_loss", "test_ppl",
-               "tokens_seen", "elapsed_s"]
-HOW_TO_TRAIN = "train it with notebook 01 (bash run_all.sh --only 01)"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, corrupt or does not match the run asked for."""
+from .checkpoints import (CheckpointError, checkpoint_steps, is_finished, latest_resumable, make_checkpoint,
+                          open_run, read_log, save_checkpoint, step_path, write_log, write_run_files,
+                          write_summary)
+from .model import ToyConfig, ToyTransformer, dataclass_from_dict
 
 
 @dataclass
@@ -95,20 +72,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     span = max(1, cfg.max_steps - cfg.warmup_steps)
     p = min(1.0, (step - cfg.warmup_steps) / span)
     return lr_min + (cfg.lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-def checkpoint_steps(max_steps: int) -> list[int]:
-    """Trajectory checkpoint steps: 0, 1, 2, 4, 8, ... (powers of two below max_steps) and max_steps."""
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    steps = [0]
-    s = 1
-    while s < max_steps:
-        steps.append(s)
-        s *= 2
-    if max_steps > 0:
-        steps.append(max_steps)
-    return steps
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -212,111 +175,6 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, foreach=True)
 
 
-# ----------------------------------------------------------------------------------------- checkpoints
-
-def _step_path(run_dir: Path, step: int) -> Path:
-    return run_dir / f"step_{step:06d}.pt"
-
-
-def list_checkpoints(run_dir) -> list[int]:
-    """Steps of the trajectory checkpoints (step_*.pt) in run_dir, sorted; [] if none."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    steps = []
-    for p in run_dir.glob("step_*.pt"):
-        try:
-            steps.append(int(p.stem.split("_", 1)[1]))
-        except ValueError:
-            pass
-    return sorted(steps)
-
-
-def _read(path: Path) -> dict:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, ...
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); delete it "
-            f"and re-run training ({HOW_TO_TRAIN})") from e
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path} is not a toy-model checkpoint (format {CKPT_FORMAT})")
-    return ck
-
-
-def _save(path: Path, ck: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(ck, tmp)
-
-
-def load_checkpoint(run_dir, step: int | None = None, device="cpu"):
-    """(model in eval mode, tokenizer or None, meta) of the checkpoint at `step` (default: the latest
-    trajectory checkpoint). meta: step, model_config, train_config (dicts), tokens_seen, elapsed_s, path,
-    run_dir, log (DataFrame of the training log up to that step)."""
-    run_dir = Path(run_dir)
-    steps = list_checkpoints(run_dir)
-    if not steps:
-        raise CheckpointError(f"no checkpoints in {run_dir}; {HOW_TO_TRAIN}")
-    if step is None:
-        step = steps[-1]
-    if step not in steps:
-        raise CheckpointError(f"no checkpoint for step {step} in {run_dir}; available steps: {steps}")
-    path = _step_path(run_dir, step)
-    ck = _read(path)
-    with torch.random.fork_rng(devices=[]):       # building the model must not move the caller's RNG
-        model = ToyTransformer(ToyConfig.from_dict(ck["model_config"]))
-    model.load_state_dict(ck["model_state"])
-    model.to(device).eval()
-    tokenizer = None
-    if ck.get("tokenizer"):
-        from .tokenizer import load_tokenizer
-        tokenizer = load_tokenizer(run_dir / ck["tokenizer"])
-    meta = {k: ck[k] for k in ("step", "model_config", "train_config", "tokens_seen", "elapsed_s")}
-    meta.update(path=path, run_dir=run_dir, log=pd.DataFrame(ck["log"], columns=LOG_COLUMNS))
-    return model, tokenizer, meta
-
-
-def _latest_resumable(run_dir: Path):
-    """The resumable checkpoint (with optimizer state) of the highest step, skipping corrupt files."""
-    candidates = [run_dir / "last.pt"] if (run_dir / "last.pt").exists() else []
-    candidates += [_step_path(run_dir, s) for s in reversed(list_checkpoints(run_dir))]
-    best = None
-    for path in candidates:
-        if best is not None and path.name != "last.pt" and int(path.stem.split("_")[1]) <= best["step"]:
-            break
-        try:
-            ck = _read(path)
-        except CheckpointError as e:
-            warnings.warn(f"skipping {path.name} for resume: {e}")
-            continue
-        if ck.get("optimizer_state") is None:
-            continue
-        if best is None or ck["step"] > best["step"]:
-            best = ck
-    return best
-
-
-def read_log(run_dir) -> pd.DataFrame:
-    path = Path(run_dir) / "train_log.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"no training log at {path}; {HOW_TO_TRAIN}")
-    return pd.read_csv(path)
-
-
-def read_summary(run_dir) -> dict:
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        raise FileNotFoundError(f"run {run_dir} has not finished (no summary.json); {HOW_TO_TRAIN}")
-    return json.loads(path.read_text())
-
-
-def _write_log(run_dir: Path, rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=LOG_COLUMNS)
-    with atomic_path(run_dir / "train_log.csv") as tmp:
-        df.to_csv(tmp, index=False)
-    return df
-
-
 # ----------------------------------------------------------------------------------------- training
 
 def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, val_ids, test_ids=None,
@@ -330,32 +188,11 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
     (summary.json present) returns its log at once. stop_at: stop after that many updates (saving last.pt),
     e.g. to split a run over sessions. A run_dir holding a different config is an error."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict()}
-    cfg_path = run_dir / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old != config:
-            raise CheckpointError(
-                f"{run_dir} holds a run with a different configuration ({cfg_path}); use another run_dir "
-                f"or delete this one")
-    tok_path = run_dir / "tokenizer.json"
-    if tokenizer is not None:
-        from .tokenizer import load_tokenizer, save_tokenizer
-        if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = load_tokenizer(tokenizer)
-        if tok_path.exists() and (json.loads(tok_path.read_text())["model"]
-                                  != json.loads(tokenizer.backend_tokenizer.to_str())["model"]):
-            raise CheckpointError(f"{run_dir} was trained with a different tokenizer ({tok_path}); use another "
-                                  f"run_dir or delete this one")
-    if (run_dir / "summary.json").exists() and train_cfg.max_steps in list_checkpoints(run_dir):
+    tokenizer = open_run(run_dir, config, tokenizer)
+    if is_finished(run_dir, train_cfg.max_steps):
         return read_log(run_dir)
-    write_text_atomic(cfg_path, json.dumps(config, indent=2) + "\n")
-    tok_ref = None
-    if tokenizer is not None:
-        if not tok_path.exists():
-            save_tokenizer(tokenizer, tok_path)
-        tok_ref = "tokenizer.json"
+    tok_ref = write_run_files(run_dir, config, tokenizer)
 
     train_ids, val_ids = _as_long(train_ids), _as_long(val_ids)
     test_ids = _as_long(test_ids) if test_ids is not None else None
@@ -371,7 +208,7 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
     rows: list[dict] = []
     step, tokens_seen, elapsed = 0, 0, 0.0
 
-    resume = _latest_resumable(run_dir)
+    resume = latest_resumable(run_dir)
     if resume is not None:
         if resume["model_config"] != config["model_config"] or resume["train_config"] != config["train_config"]:
             raise CheckpointError(f"the checkpoints in {run_dir} were made with a different configuration")
@@ -389,17 +226,11 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
         return evaluate_perplexity(model, val_ids, ctx, tc.eval_batch_size, tc.eval_tokens, device)
 
     def make_ckpt(with_optimizer: bool) -> dict:
-        return {
-            "format": CKPT_FORMAT, "step": step, "model_config": config["model_config"],
-            "train_config": config["train_config"],
-            "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "optimizer_state": opt.state_dict() if with_optimizer else None,
-            "data_rng_state": gen.get_state(), "torch_rng_state": torch.get_rng_state(),
-            "tokenizer": tok_ref, "tokens_seen": tokens_seen, "elapsed_s": elapsed, "log": rows,
-        }
+        return make_checkpoint(step, config, model, opt if with_optimizer else None, gen, tok_ref,
+                               tokens_seen, elapsed, rows)
 
     def save_traj():
-        _save(_step_path(run_dir, step), make_ckpt(tc.trajectory_optimizer))
+        save_checkpoint(step_path(run_dir, step), make_ckpt(tc.trajectory_optimizer))
 
     if step == 0 and not rows:
         ev = evaluate_val()
@@ -407,12 +238,11 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
                          val_loss=ev["loss"], val_ppl=ev["ppl"], test_loss=float("nan"),
                          test_ppl=float("nan"), tokens_seen=0, elapsed_s=0.0))
         save_traj()
-        _write_log(run_dir, rows)
+        write_log(run_dir, rows)
 
     end = tc.max_steps if stop_at is None else min(stop_at, tc.max_steps)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=tc.max_steps, initial=step, desc=desc or run_dir.name, unit="step", leave=True)
     model.train()
     try:
@@ -463,15 +293,15 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
                 save_traj()
             if step % tc.save_every == 0 or step == end:
                 if step < tc.max_steps:
-                    _save(run_dir / "last.pt", make_ckpt(True))
-                _write_log(run_dir, rows)
+                    save_checkpoint(run_dir / "last.pt", make_ckpt(True))
+                write_log(run_dir, rows)
             elif not math.isnan(row["val_loss"]):
-                _write_log(run_dir, rows)
+                write_log(run_dir, rows)
     finally:
         if bar is not None:
             bar.close()
 
-    df = _write_log(run_dir, rows)
+    df = write_log(run_dir, rows)
     if step == tc.max_steps:
         summary = {"step": step, "tokens_seen": tokens_seen, "elapsed_s": elapsed,
                    "n_params": model.n_params(), "n_params_non_embedding": model.n_params(True)}
@@ -487,6 +317,6 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
                            test_tokens=len(test_ids) - 1,
                            unigram_test_ppl=unigram_perplexity(train_ids, test_ids, model_cfg.vocab_size))
         summary.update(config)
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_summary(run_dir, summary)
         (run_dir / "last.pt").unlink(missing_ok=True)
     return df

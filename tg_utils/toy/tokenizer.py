@@ -11,14 +11,16 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .paths import atomic_path
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+from tokenizers.models import BPE
+from transformers import PreTrainedTokenizerFast
+
+from ..paths import atomic_path
 
 EOS = "<|endoftext|>"
 
 
 def _wrap(tok):
-    from transformers import PreTrainedTokenizerFast
-
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
                                    padding_side="right", add_bos_token=False)
 
@@ -29,12 +31,10 @@ def train_bpe_tokenizer(texts: Sequence[str] | Iterable[str], vocab_size: int = 
     PreTrainedTokenizerFast. `path` (a tokenizer.json file, or a folder to hold one) is written atomically.
     The vocabulary is the 256 byte symbols, <|endoftext|> and merges up to `vocab_size` entries (fewer if
     the texts run out of pairs seen `min_frequency` times)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     texts = list(texts)
     if not texts:
         raise ValueError("train_bpe_tokenizer: no texts to train on")
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -63,8 +63,6 @@ def save_tokenizer(tokenizer, path: str | os.PathLike) -> Path:
 
 def load_tokenizer(path: str | os.PathLike):
     """Load a tokenizer.json written by train_bpe_tokenizer (path: the file or its folder)."""
-    from tokenizers import Tokenizer
-
     p = _json_path(path)
     if not p.exists():
         raise FileNotFoundError(
