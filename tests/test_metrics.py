@@ -562,3 +562,15 @@ def test_clear_errors():
         M.alpha_req(np.linspace(0.1, 1.0, 200))
     with pytest.raises(ValueError, match="range_max"):
         M.gride(X, range_max=1)
+
+
+def test_undefined_inputs_raise_instead_of_returning_numbers():
+    with pytest.raises(ValueError, match="all-zero spectrum"):
+        M.rankme(np.zeros(16))
+    with pytest.raises(ValueError, match="all-zero spectrum"):
+        M.rankme(np.stack([np.full(4, 0.25), np.zeros(4)]))           # one bad row in a batch
+    idx = np.argsort(np.random.default_rng(0).random((10, 10)), axis=1)[:, :3]
+    M.overlap_from_indices(idx, idx, k_max=3)
+    for bad in (idx + 10, idx - 1):
+        with pytest.raises(ValueError, match="outside 0..9"):
+            M.overlap_from_indices(idx, bad, k_max=3)

@@ -96,3 +96,27 @@ def test_lr_by_run_sets_each_runs_peak_rate_and_rejects_unknown_runs():
         TrainToyParams.from_dict({"lr_by_run": {"gpt2": 1e-3}})
     with pytest.raises(ParameterError, match="lr_by_run.*must be > 0"):
         TrainToyParams.from_dict({"lr_by_run": {"llama-postln": -1.0}})
+
+
+@pytest.mark.parametrize("nb, values, match", [
+    ("02_extract_states", {"models": [], "toy_runs": []}, "'models' and 'toy_runs' are both empty"),
+    ("05_model_comparison", {"models": [], "toy_runs": []}, "'models' and 'toy_runs' are both empty"),
+    ("04_shuffle_experiment", {"models": []}, "parameter 'models' is empty"),
+    ("07_attention_geometry", {"models": []}, "parameter 'models' is empty"),
+])
+def test_no_model_at_all_is_refused_up_front(nb, values, match):
+    with pytest.raises(ParameterError, match=match):
+        params_class(nb).from_dict(values, nb)
+
+
+def test_a_binary_corpus_file_is_refused_up_front(tmp_path):
+    binary = tmp_path / "corpus.bin"
+    binary.write_bytes(bytes(range(256)) * 100)
+    P = params_class("01_train_toy_models").from_dict({"corpus": "text", "corpus_path": str(binary)},
+                                                       "01_train_toy_models")
+    with pytest.raises(ParameterError, match="corpus_path.*not a UTF-8 text file"):
+        P.check_inputs()
+    text = tmp_path / "corpus.txt"
+    text.write_text("Ünïcode text is fine.\n" * 50)
+    params_class("01_train_toy_models").from_dict({"corpus": "text", "corpus_path": str(text)},
+                                                  "01_train_toy_models").check_inputs()

@@ -203,9 +203,22 @@ def _read_wikitext(path: Path) -> dict[str, list[Article]]:
     return {s: _wikitext_articles(ds[s]["text"]) for s in SPLITS}
 
 
-def _read_text_file(path: Path, min_chars: int) -> list[Article]:
+def check_text_file(path: Path) -> None:
+    """Raise CorpusError unless `path` is a UTF-8 text file (a binary file would be read as noise)."""
     if not path.is_file():
         raise CorpusError(f"corpus text file not found: {path}")
+    head = path.read_bytes()[:1 << 16]
+    try:
+        bad = b"\x00" in head or head.decode("utf-8", errors="strict") is None
+    except UnicodeDecodeError as e:
+        bad = e.start < len(head) - 4              # a multi-byte character cut at the end is fine
+    if bad:
+        raise CorpusError(f"{path} is not a UTF-8 text file (binary content); give a plain-text file "
+                          f"(corpus: text) or a WikiText folder (corpus: wikitext)")
+
+
+def _read_text_file(path: Path, min_chars: int) -> list[Article]:
+    check_text_file(path)
     text = path.read_text(encoding="utf-8", errors="replace")
     docs = re.split(r"^<\|endoftext\|>$|\n\s*\n\s*\n", text, flags=re.M)
     docs = [d.strip() for d in docs if len(d.strip()) >= min_chars]

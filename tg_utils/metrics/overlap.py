@@ -20,10 +20,13 @@ def overlap_from_indices(idx_a, idx_b, k_max: int = 31) -> np.ndarray:
         raise ValueError(f"Neighbour tables must have equal shapes with >= k_max={k_max} columns, "
                          f"got {np.shape(idx_a)} and {np.shape(idx_b)}.")
     lead, n = A.shape[:-2], A.shape[-2]
+    for name, T in (("idx_a", A), ("idx_b", B)):
+        if T.size and (T.min() < 0 or T.max() >= n):
+            raise ValueError(f"{name} holds neighbour indices outside 0..{n - 1} (its clouds have {n} points): "
+                             f"got {int(T.min())}..{int(T.max())}; pass tables of the same clouds.")
     A, B = A.reshape(-1, n, k_max), B.reshape(-1, n, k_max)
     rows = np.arange(n)[:, None]
-    n_points = max(n, int(A.max(initial=0)) + 1, int(B.max(initial=0)) + 1)
-    position_in_b = np.full((n, n_points), k_max, dtype=np.int16 if k_max < 2**15 else np.int64)
+    position_in_b = np.full((n, n), k_max, dtype=np.int16 if k_max < 2**15 else np.int64)
     shared = np.zeros((len(A), k_max + 1), dtype=np.int64)
     for m in range(len(A)):                                         # one pair of clouds at a time
         position_in_b[rows, B[m]] = np.arange(k_max)                # k_max: not among b's

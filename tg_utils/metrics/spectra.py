@@ -66,7 +66,11 @@ def rankme(eigs, variant: str = "covariance"):
         e = np.sqrt(np.maximum(e, 0.0))
     elif variant != "covariance":
         raise ValueError(f"variant must be 'covariance' or 'singular', got {variant!r}.")
-    p = e / np.abs(e).sum(-1, keepdims=True) + 1e-7
+    total = np.abs(e).sum(-1, keepdims=True)
+    if (total == 0).any():
+        raise ValueError("rankme of an all-zero spectrum is undefined: the cloud has no variance "
+                         "(all its states are equal); leave such clouds out.")
+    p = e / total + 1e-7
     out = np.exp(-(p * np.log(p)).sum(-1))
     return float(out) if out.ndim == 0 else out
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..data.corpus import CorpusError, check_text_file
 from ..paths import resolve
 
 
@@ -115,6 +116,11 @@ class NotebookParams:
         if corpus in ("wikitext", "text") and path and not resolve(path).exists():
             raise ParameterError(f"parameter 'corpus_path': {resolve(path)} does not exist (corpus={corpus!r}); "
                                  f"download it or point corpus_path at a local copy")
+        if corpus == "text" and path and resolve(path).is_file():
+            try:
+                check_text_file(resolve(path))
+            except CorpusError as e:
+                raise ParameterError(f"parameter 'corpus_path': {e}") from None
 
     def positive(self, *names: str) -> None:
         for n in names:

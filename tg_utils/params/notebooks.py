@@ -98,6 +98,14 @@ def check_spec(spec: str) -> None:
         raise ParameterError(str(e)) from None
 
 
+def _some_model(p, names: list[str]) -> None:
+    if not any(getattr(p, n) for n in names):
+        what = (f"parameters {' and '.join(repr(n) for n in names)} are both empty" if len(names) > 1
+                else f"parameter {names[0]!r} is empty")
+        example = " or ".join(["models: [smollm2-135m]", "toy_runs: [llama-preln]"][:len(names)])
+        raise ParameterError(f"{what}: name at least one model (e.g. {example})")
+
+
 def _specs_check(p, names: list[str]) -> None:
     for name in names:
         for spec in getattr(p, name):
@@ -121,6 +129,7 @@ class ExtractParams(PromptParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
+        _some_model(self, ["models", "toy_runs"])
 
 
 @register("03_geometry_metrics")
@@ -141,6 +150,7 @@ class GeometryParams(PromptParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
+        _some_model(self, ["models", "toy_runs"] if hasattr(self, "toy_runs") else ["models"])
         self.positive("heatmap_tokens", "range_max", "k_max", "n_boot")
         if not 0 <= self.heatmap_prompt < self.n_prompts:
             raise ParameterError(f"parameter 'heatmap_prompt' must be in [0, n_prompts), got {self.heatmap_prompt}")
@@ -174,6 +184,7 @@ class ShuffleParams(PromptParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
+        _some_model(self, ["models", "toy_runs"] if hasattr(self, "toy_runs") else ["models"])
         self.positive("range_max", "k_max", "n_boot")
         if not self.models:
             raise ParameterError("parameter 'models' must name at least one model")
@@ -213,6 +224,7 @@ class ComparisonParams(PromptParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
+        _some_model(self, ["models", "toy_runs"] if hasattr(self, "toy_runs") else ["models"])
         self.positive("range_max", "k_max", "n_boot")
         if not self.models and not self.toy_runs:
             raise ParameterError("parameters 'models' and 'toy_runs' are both empty: nothing to compare")
@@ -324,6 +336,7 @@ class AttentionGeometryParams(NotebookParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
+        _some_model(self, ["models", "toy_runs"] if hasattr(self, "toy_runs") else ["models"])
         if not self.models:
             raise ParameterError("parameter 'models' must name at least one model")
         self.positive("top_k", "n_components", "n_nouns", "ellipse_heads", "show_heads", "umap_neighbors",
