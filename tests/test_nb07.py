@@ -94,8 +94,9 @@ def test_model_notes_say_what_is_left_out():
     rms = describe(tiny_toy("llama-preln"))
     notes = " ".join(MF.model_notes(rms))
     assert "RMSNorm without bias" in notes and "'bias' and 'both'" in notes and "untied" in notes
+    assert "readout_matrix" in notes                   # untied: which matrix the paper reads against
     ln = " ".join(MF.model_notes(describe(tiny_toy("standard-preln"))))
-    assert "LayerNorm with bias" in ln
+    assert "LayerNorm with bias" in ln and "paper's four" in ln
     gem = MF.model_notes(describe(tiny_gemma()))
     g = " ".join(gem)
     assert "q/k norms" in g and "rotary" in g and "1 + weight" in g and "grouped-query" in g and "tied" in g
@@ -139,8 +140,9 @@ def test_input_normed_rows_fall_back_to_the_module():
 def test_layer_probe_against_direct_computation(kind, word_tokenizer):
     """The notebook's per-block probe on real model descriptions (LayerNorm with bias, Gemma's (1 + w) RMSNorm
     and tied embeddings, grouped-query Llama), through the input-normed rows, against direct float64
-    computation with the block's own norm module: the sign-aligned directions' top tokens, the ellipse keys
-    x W_qk norm(W_E)^T and the update read-out ((x W_vo) * g) W_U."""
+    computation with the block's own norm module, with this repository's variants (the paper's procedures are
+    tested in tests/test_paper_procedures.py): the directions' top tokens with W_qk's sign set on the query
+    side, the ellipse keys x W_qk norm(W_E)^T and the update read-out ((x W_vo) * g) W_U."""
     m = {"gemma3": tiny_gemma, "llama-gqa": tiny_llama_gqa}.get(kind, lambda: tiny_toy(kind))()
     desc = describe(m)
     rows = MF.InputNormedRows(desc)
@@ -150,7 +152,8 @@ def test_layer_probe_against_direct_computation(kind, word_tokenizer):
     g = desc.final_norm.scale.double()
     for l in (0, 2):
         dirs, ell = X.layer_probe(desc, l, rows.for_layer(l), nouns, tok, n_components=3, k=4,
-                                  ellipse_heads=[1, 3], chunk=37)
+                                  ellipse_heads=[1, 3], chunk=37, sign_side="query", readout="update",
+                                  readout_matrix="unembedding")
         assert list(dirs.columns) == W.DIRECTION_COLUMNS and list(ell.columns) == W.ELLIPSE_COLUMNS
         assert len(dirs) == 2 * 2 * desc.n_heads * 3 * 4 and set(dirs.layer) == {l}
         a = desc.attn[l]
@@ -196,7 +199,7 @@ def test_layer_probe_sign_rule_and_gqa():
     desc = describe(tiny_llama_gqa())
     rows = MF.InputNormedRows(desc)
     rn = rows.for_layer(1)
-    dirs, _ = X.layer_probe(desc, 1, rn, None, None, n_components=2, k=3)
+    dirs, _ = X.layer_probe(desc, 1, rn, None, None, n_components=2, k=3, sign_side="query")
     En = rn[1](rn[0]).double()
     a = desc.attn[1]
     svd = W.qk_factors(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale).svd()
@@ -215,12 +218,14 @@ def test_layer_probe_sign_rule_and_gqa():
 def test_embedding_norm_table_schema():
     ln = describe(tiny_toy("standard-preln"))
     toks, stats = X.embedding_norm_table(ln, None, k=3)
-    assert list(toks.columns) == ["matrix", "scoring", "rank", "side", "token_id", "token", "token_raw", "score"]
-    assert set(toks.matrix) == {"unembedding", "embedding"}                       # untied toy
-    assert set(toks.scoring) == {"norm", "scaled_norm", "bias", "both"}           # LayerNorm with bias
-    assert len(toks) == 2 * 4 * 2 * 3
-    assert list(stats.columns) == ["matrix", "scoring", "mean", "std", "min", "max", "spearman_vs_norm",
-                                   "top_overlap_vs_norm"]
+    assert list(toks.columns) == ["matrix", "scoring", "procedure", "paper_setting", "rank", "side", "token_id",
+                                  "token", "token_raw", "score"]
+    assert list(dict.fromkeys(toks.matrix)) == ["embedding", "unembedding"]       # untied toy: wte first
+    assert set(toks.scoring) == {"norm", "scaled_norm", "bias", "both", "bias_term", "max_logit"}
+    assert set(toks[toks.procedure == "paper"].scoring) == {"norm", "scaled_norm", "bias", "both"}
+    assert len(toks) == 2 * 6 * 2 * 3
+    assert list(stats.columns) == ["matrix", "scoring", "procedure", "mean", "std", "min", "max",
+                                   "spearman_vs_norm", "top_overlap_vs_norm"]
     top = toks[(toks.matrix == "unembedding") & (toks.scoring == "norm") & (toks.side == "top")]
     norms = torch.linalg.vector_norm(ln.W_U.T.double(), dim=1)
     assert top.token_id.tolist() == norms.argsort(descending=True)[:3].tolist()
@@ -253,15 +258,17 @@ def test_coverage_tables_schema():
 
 
 def test_common_nouns_file():
-    nouns = X.load_common_nouns()
-    assert len(nouns) == 100 and len(set(nouns)) == 100
-    assert nouns[:6] == ["time", "year", "people", "way", "day", "man"]
-    assert all(n.isalpha() and n.islower() for n in nouns)
+    for path in ("data/traveling_words_nouns.txt", "data/common_nouns.txt"):     # the paper's list; ours
+        nouns = X.load_common_nouns(path)
+        assert len(nouns) == 100 and len(set(nouns)) == 100
+        assert nouns[:2] == ["time", "year"]
+        assert all(n.isalpha() and n.islower() for n in nouns)
+    assert X.load_common_nouns()[-3:] == ["teacher", "force", "education"]     # the default: the paper's
 
 
 def test_noun_filter_is_what_the_probe_uses(word_tokenizer):
     nouns = ["dog", "fox", "anarchism", "algorithm", "zzzqx", "dog"]
-    table = X.noun_table(word_tokenizer, nouns)
+    table = X.noun_table(word_tokenizer, nouns, prefix=" ")                     # the variant: " noun"
     ids = {n: word_tokenizer(" " + n, add_special_tokens=False)["input_ids"] for n in set(nouns)}
     assert table.noun.tolist() == [n for n in dict.fromkeys(nouns) if len(ids[n]) == 1]
     assert "zzzqx" not in table.noun.tolist()
@@ -278,10 +285,18 @@ def test_parameter_checks():
     assert MF.probe_layers(6, P.depths) == [0, 3, 5]
     for bad in (dict(depths=[1.2]), dict(depths=[]), dict(umap_n_fit=10), dict(coverage_level=0.0),
                 dict(dtype="int8"), dict(phrase="  "), dict(models=["not a spec!"]), dict(ellipse_heads=0),
-                dict(nouns_path="data/no_such_file.txt")):
+                dict(nouns_path="data/no_such_file.txt"), dict(sign_side="left"), dict(ellipse_readout="x"),
+                dict(readout_matrix="W_U"), dict(umap_metric="l1"), dict(umap_rows="last"), dict(umap_init="pca"),
+                dict(blocks=[]), dict(blocks=[-1]), dict(umap_epochs=0)):
         with pytest.raises(ParameterError):
             cls.from_dict(bad, "07_attention_geometry")
     assert cls.from_dict({"ellipse_heads": None}).ellipse_heads is None
+    # the defaults are the paper's procedures and settings
+    assert (P.top_k, P.n_components, P.sign_side, P.ellipse_readout, P.readout_matrix, P.noun_prefix,
+            P.ellipse_heads, P.umap_rows, P.umap_metric, P.umap_init, P.umap_n_fit, P.umap_epochs, P.phrase) == (
+        5, 20, "key", "paper", "embedding", "", None, "first", "euclidean", "spectral", 10000, None,
+        "To kill two birds with one stone")
+    assert MF.blocks_to_probe(12, P.depths, [11, 0, 5]) == [0, 5, 11]
 
 
 # ----------------------------------------------------------------------------- end to end on toy checkpoints
@@ -307,15 +322,16 @@ def _train(out_dir, name, tokenizer):
 
 
 def _fake_umap(calls):
-    def fake(W_E, states, n_neighbors=15, seed=0, n_fit=5000, n_epochs=200, norm=None, **kw):
-        calls.append(dict(W_E=W_E, states=states, norm=norm, n_fit=n_fit, n_neighbors=n_neighbors))
+    def fake(W_E, states, n_neighbors=15, seed=0, n_fit=10000, n_epochs=None, norm=None, extra=None, **kw):
+        calls.append(dict(W_E=W_E, states=states, norm=norm, n_fit=n_fit, n_neighbors=n_neighbors, extra=extra,
+                          **kw))
         S = torch.as_tensor(states, dtype=torch.float64)
         L, T, d = S.shape
         normed = W.as_norm(norm)(S.reshape(-1, d)).reshape(L, T, d)
         return W.UmapTrajectory(coords=normed[..., :3].numpy(), norms=torch.linalg.vector_norm(S, dim=-1).numpy(),
                                 normed_norms=torch.linalg.vector_norm(normed, dim=-1).numpy(),
                                 embedding_coords=W_E[:n_fit, :3].double().numpy(), fit_ids=np.arange(n_fit),
-                                reducer=None)
+                                reducer=None, extra_coords=None if extra is None else extra[:, :3].double().numpy())
     return fake
 
 
@@ -330,7 +346,7 @@ def toy_out(tmp_path_factory, toy_tokenizer):
     P = params_class("07_attention_geometry").from_dict(dict(
         models=["toy:standard-preln", "toy:llama-preln"], out_dir=str(out), figures_dir=str(out / "fig"),
         top_k=3, n_components=2, ellipse_heads=2, umap_n_fit=50, umap_neighbors=5, umap_epochs=5,
-        phrase="The quick brown fox jumps over the lazy dog"))
+        phrase="The quick brown fox jumps over the lazy dog", noun_prefix=" "))   # the toy BPE needs " noun"
     return out, P
 
 
@@ -355,22 +371,29 @@ def test_end_to_end_on_toy_checkpoints(toy_out, toy_tokenizer, monkeypatch):
     for name, df in T.items():
         assert list(df.columns[:2]) == ["model", "label"] and len(df), name
     assert set(T["directions"].layer) == {0, 2, 3}                      # first, middle, last of 4 blocks
-    assert set(T["ellipse"].layer) == {0, 2, 3} and set(T["ellipse"]["head"]) == {0, 1}
+    assert set(T["ellipse"].layer) == {0, 2, 3} and set(T["ellipse"]["head"]) == {0, 1, -1}   # -1: sum of heads
     # only single-token nouns query the probe, each with its own token id
     nouns = X.load_common_nouns(P.nouns_path)
-    single = X.noun_table(toy_tokenizer, nouns)
+    single = X.noun_table(toy_tokenizer, nouns, prefix=" ")
     assert set(T["ellipse"].noun) == set(single.noun) and 0 < len(single) < len(nouns)
     q = T["ellipse"][["noun", "query_id"]].drop_duplicates()
     assert dict(zip(q.noun, q.query_id)) == dict(zip(single.noun, single.token_id))
-    # norm scorings: LayerNorm with bias has four, RMSNorm two
+    # norm scorings: LayerNorm with bias has the paper's four and the two variants, RMSNorm two
     sc = T["norm_tokens"].groupby("label").scoring.unique()
-    assert set(sc["standard-preln (toy)"]) == {"norm", "scaled_norm", "bias", "both"}
+    assert set(sc["standard-preln (toy)"]) == {"norm", "scaled_norm", "bias", "both", "bias_term", "max_logit"}
     assert set(sc["llama-preln (toy)"]) == {"norm", "scaled_norm"}
+    # the paper's ellipse read-out; the bias probes and the distance table only for the LayerNorm model with biases
+    assert set(T["ellipse"].probe) == {"keys", "values", "values_sum"}
+    assert set(T["bias_probes"].label) == {"standard-preln (toy)"} == set(T["layernorm_distances"].label)
+    assert any("no query or key biases" in n for n in reports["llama-preln (toy)"].notes)
+    assert any("RMSNorm" in n and "not computed" in n for n in reports["llama-preln (toy)"].notes)
     # the trajectory: states 0..L of the phrase, final-normed by the model's final norm
     ids = toy_tokenizer(P.phrase)["input_ids"]
     assert len(calls) == 2
     for c in calls:
         assert c["states"].shape == (5, len(ids), 32) and c["norm"] is not None and c["n_fit"] == 50
+        assert (c["rows"], c["metric"], c["init"]) == ("first", "euclidean", "spectral")      # the paper's
+        assert c["extra"].shape == (2 * len(ids), 32)                 # raw embeddings, embeddings + positions
     lm = load_model("toy:llama-preln", out_dir=tmp_path)
     torch.testing.assert_close(calls[1]["states"][0], lm.desc.W_E[ids])          # state 0 = embeddings
     # the logit lens after the last block is the model's own next-token argmax
@@ -386,13 +409,15 @@ def test_end_to_end_on_toy_checkpoints(toy_out, toy_tokenizer, monkeypatch):
     assert {"u_tokens", "v_tokens"} <= set(F.direction_view(T).columns)
     assert not F.norm_view(T).empty and not F.rank_view(T).empty
     ev = F.ellipse_view(T, single.noun[:2].tolist())
-    assert set(ev.columns) >= {"keys", "update"} and len(ev) == 2 * 3 * 2
+    assert set(ev.columns) >= {"keys", "values", "values_sum"} and len(ev) == 2 * 3 * 2
     assert not F.ellipse_summary(T).empty and list(F.lens_view(T, "llama-preln (toy)").index) == list(range(5))
     text = F.findings_text(reports)
-    assert "standard-preln (toy)" in text and "llama-preln (toy)" in text and "bias score" in text
-    assert "no bias score" in text and "rank at 99%" in text
+    assert "standard-preln (toy)" in text and "llama-preln (toy)" in text and "||gamma e|| + beta.e" in text
+    assert "no bias scorings" in text and "rank at 99%" in text
+    assert not F.bias_view(T).empty
     for fig_fn in (lambda: PA.plot_coverage(T), lambda: PA.plot_trajectories(reports),
-                   lambda: PA.plot_state_norms(reports)):
+                   lambda: PA.plot_state_norms(reports), lambda: PA.plot_norm_scorings(T),
+                   lambda: PA.plot_ellipse(T, single.noun[:3].tolist(), head=1)):
         fig, tidy = fig_fn()
         assert len(tidy) > 0
     paths = [save_table(df, X.NB, name, P.out_dir) for name, df in T.items()]

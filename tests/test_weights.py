@@ -277,17 +277,22 @@ def test_embedding_norm_scores_by_hand():
     sc = W.embedding_norm_scores(W_E, g, b)
     np.testing.assert_allclose(sc.norm, [5, 1, 1, 2])
     np.testing.assert_allclose(sc.scaled_norm, [math.sqrt(52), 1, 2, 4])
-    np.testing.assert_allclose(sc.bias, [-1, -1, 1, -2])
-    np.testing.assert_allclose(sc.both, math.sqrt(2) * sc.scaled_norm + sc.bias)
+    np.testing.assert_allclose(sc.bias_term, [-1, -1, 1, -2])                 # b . e
+    np.testing.assert_allclose(sc.bias, [5 - 1, 1 - 1, 1 + 1, 2 - 2])          # the paper: ||e|| + b . e
+    np.testing.assert_allclose(sc.both, [math.sqrt(52) - 1, 0, 3, 2])           # the paper: ||g e|| + b . e
+    np.testing.assert_allclose(sc.max_logit, math.sqrt(2) * sc.scaled_norm + sc.bias_term)   # variant
     assert sc.radius == pytest.approx(math.sqrt(2)) and sc.note == ""
-    # "both" is the largest logit over normalised states of norm sqrt(d): check it numerically
+    assert list(sc.as_dict()) == ["norm", "scaled_norm", "bias", "both", "bias_term", "max_logit"]
+    assert list(sc.as_dict(variants=False)) == ["norm", "scaled_norm", "bias", "both"]
+    # the variant max_logit is the largest logit over normalised states of norm sqrt(d): check it numerically
     ang = torch.linspace(0, 2 * math.pi, 20001, dtype=torch.float64)
     xs = math.sqrt(2) * torch.stack([ang.cos(), ang.sin()], 1)
     logits = (xs * g.double() + b.double()) @ W_E.double().T
-    np.testing.assert_allclose(logits.max(0).values.numpy(), sc.both, rtol=1e-6)
-    # RMSNorm: no bias -> the bias and both scorings do not exist
+    np.testing.assert_allclose(logits.max(0).values.numpy(), sc.max_logit, rtol=1e-6)
+    # RMSNorm: no bias -> the scorings with the bias do not exist
     rms = W.embedding_norm_scores(W_E, g)
-    assert rms.bias is None and rms.both is None and "no bias" in rms.note
+    assert rms.bias is None and rms.both is None and rms.bias_term is None and rms.max_logit is None
+    assert "no bias" in rms.note
     assert list(rms.as_dict()) == ["norm", "scaled_norm"]
     plain = W.embedding_norm_scores(W_E)
     np.testing.assert_allclose(plain.scaled_norm, plain.norm)
@@ -337,10 +342,11 @@ def test_norm_handling():
 
 # ----------------------------------------------------------------------------- singular-direction tokens
 
-def test_block_probe_direction_tokens(word_tokenizer):
+@pytest.mark.parametrize("sign_side", ["key", "query"])
+def test_block_probe_direction_tokens(word_tokenizer, sign_side):
     """The directions table of the per-block probe: the top-k tokens of every head's first singular pairs of
-    W_qk and W_vo after the sign rule (W_qk on the query side against norm(W_E), W_vo on the output side
-    against W_U.T), as ``sign_align`` aligns them on its own."""
+    W_qk and W_vo after the sign rule (W_qk on the key side against norm(W_E), the paper's, or on the query
+    side, the variant; W_vo on the output side against W_U.T), as ``sign_align`` aligns them on its own."""
     g = torch.Generator().manual_seed(3)
     H, Hkv, d, dh, V = 4, 2, 16, 4, 40
     W_Q, W_O = torch.randn(H, d, dh, generator=g), torch.randn(H, dh, d, generator=g)
@@ -349,17 +355,17 @@ def test_block_probe_direction_tokens(word_tokenizer):
     w = torch.rand(d, generator=g) + 0.5
     norm = partial(W.rms_norm, weight=w, eps=1e-6)
     res = W.block_probe(W_Q, W_K, W_V, W_O, W_E, W_U, norm=norm, n_components=2, k=3, tokenizer=word_tokenizer,
-                        layer=5, chunk=7)                                   # chunked vocabulary scans
+                        layer=5, chunk=7, sign_side=sign_side)              # chunked vocabulary scans
     assert res.ellipse is None                                              # no query tokens
     df = pd.DataFrame(res.directions)
     assert list(df.columns) == W.DIRECTION_COLUMNS and set(df["layer"]) == {5}
     assert len(df) == 2 * 2 * H * 2 * 3                                     # kinds x sides x heads x comps x k
-    qk = W.sign_align(W.qk_factors(W_Q, W_K).svd(), W_E, "left", norm, chunk=7)
+    qk = W.sign_align(W.qk_factors(W_Q, W_K).svd(), W_E, "right" if sign_side == "key" else "left", norm, chunk=7)
     vo = W.sign_align(W.vo_factors(W_V, W_O).svd(), W_U.T, "right", chunk=7)
     torch.testing.assert_close(qk.matrix(), W.qk_matrices(W_Q, W_K))      # the flips leave M unchanged
     torch.testing.assert_close(vo.matrix(), W.vo_matrices(W_V, W_O))
     En = norm(W_E.double())
-    s_q = torch.einsum("vd,hdk->hvk", En, qk.U)                            # query side vs normed E
+    s_q = torch.einsum("vd,hdk->hvk", En, qk.V if sign_side == "key" else qk.U)   # the side vs normed E
     assert (s_q.amax(1) >= -s_q.amin(1) - 1e-12).all()
     s_o = torch.einsum("vd,hdk->hvk", W_U.T.double(), vo.V)               # output side vs unembedding
     assert (s_o.amax(1) >= -s_o.amin(1) - 1e-12).all()
@@ -402,11 +408,11 @@ def test_single_token_nouns_filter():
     fast = PreTrainedTokenizerFast(tokenizer_object=raw)
     nouns = ["cat", "house", "dog", "cat", "sun", " "]
     for tok in (fast, raw):
-        df = pd.DataFrame(W.single_token_nouns(tok, nouns))
+        df = pd.DataFrame(W.single_token_nouns(tok, nouns, prefix=" "))   # the variant: " noun"
         assert df["noun"].tolist() == ["cat", "dog", "sun"]                 # " house" is 2 tokens; dup once
         assert df["token_id"].tolist() == [raw.token_to_id(t) for t in ("Ġcat", "Ġdog", "Ġsun")]
         assert df["token"].tolist() == [" cat", " dog", " sun"]
-    assert len(W.single_token_nouns(fast, nouns, prefix="")["noun"]) == 0  # "cat" alone is c|a|t
+    assert len(W.single_token_nouns(fast, nouns)["noun"]) == 0             # the paper's bare "cat" is c|a|t
 
 
 # ----------------------------------------------------------------------------- ellipse probe
@@ -423,10 +429,10 @@ def test_block_probe_ellipse_against_direct_computation():
         rms.weight.uniform_(0.5, 1.5, generator=g)
     q_ids = [3, 17, 42]
     res = W.block_probe(W_Q, W_K, W_V, W_O, W_E, W_U, norm=rms, query_ids=q_ids, labels=["a", "b", "c"],
-                        final_norm_weight=gain, k=5, layer=2, chunk=8)
+                        final_norm_weight=gain, k=5, layer=2, chunk=8, readout="update")
     df = pd.DataFrame(res.ellipse)
     assert list(df.columns) == ["layer", "noun", "query_id", "head", "probe", "rank", "token_id", "token",
-                                "token_raw", "score"]
+                                "token_raw", "score", "update_norm"]
     assert len(df) == 2 * H * 3 * 5
     En = W.rms_norm(W_E.double(), rms.weight.detach().double(), eps=1e-6)
     Wqk, Wvo = W.qk_matrices(W_Q, W_K), W.vo_matrices(W_V, W_O)
@@ -441,11 +447,17 @@ def test_block_probe_ellipse_against_direct_computation():
             assert sel["token_id"].tolist() == logits.argsort(descending=True)[:5].tolist()
     # heads subset; tied embeddings (W_U = W_E.T); labels default to the decoded tokens
     df2 = pd.DataFrame(W.block_probe(W_Q, W_K, W_V, W_O, W_E, W_E.T, norm=rms, query_ids=q_ids[:1], heads=[1],
-                                     k=2).ellipse)
+                                     k=2, readout="update").ellipse)
     assert df2["noun"].tolist() == ["3"] * 4
     assert set(df2["head"]) == {1} and len(df2) == 4
     logits = (En[3] @ Wvo[1]) @ W_E.double().T
     assert df2[df2.probe == "update"]["token_id"].tolist() == logits.argsort(descending=True)[:2].tolist()
+    # the paper's read-out needs the residual embeddings; bad options are refused
+    with pytest.raises(ValueError, match="residual"):
+        W.block_probe(W_Q, W_K, W_V, W_O, W_E, W_U, norm=rms, query_ids=q_ids)
+    for bad in (dict(sign_side="left"), dict(readout="logits")):
+        with pytest.raises(ValueError):
+            W.block_probe(W_Q, W_K, W_V, W_O, W_E, W_U, norm=rms, **bad)
 
 
 # ----------------------------------------------------------------------------- UMAP trajectory
@@ -457,7 +469,8 @@ def test_umap_trajectory_shapes_and_determinism():
     W_E[7] = 0.0                                                              # a zero row is never fitted
     states = torch.randn(4, 5, 16, generator=g) * torch.arange(1, 5).view(4, 1, 1)
     norm = partial(W.rms_norm, eps=1e-6)
-    kw = dict(n_neighbors=8, seed=0, n_fit=200, n_epochs=30, norm=norm)
+    kw = dict(n_neighbors=8, seed=0, n_fit=200, n_epochs=30, norm=norm, rows="random", metric="cosine",
+              init="umap")                                                  # the variant's choices
     import os
 
     import numba
@@ -484,6 +497,11 @@ def test_umap_trajectory_shapes_and_determinism():
     np.testing.assert_array_equal(a.fit_ids, b.fit_ids)
     with pytest.raises(ValueError):
         W.umap_trajectory(W_E, states[0], **kw)
+    # the paper's choices: the first n_fit rows (zero rows included), Euclidean, spectral start; deterministic
+    p = dict(n_neighbors=8, seed=0, n_fit=120, n_epochs=30, norm=norm)
+    c, e = W.umap_trajectory(W_E, states, **p), W.umap_trajectory(W_E, states, **p)
+    assert c.fit_ids.tolist() == list(range(120)) and np.isfinite(c.coords).all()
+    np.testing.assert_array_equal(c.coords, e.coords)
 
 
 def test_sign_align_first_components_only():

@@ -1,52 +1,49 @@
-"""Notebook 07 (attention geometry, after "Traveling Words", issue 8): the per-model pipeline from the
-notebook's parameters to its tidy tables; each model's report is cached in a verified folder. The
-geometry itself is ``tg_utils.weights`` (pure functions of weights); this module feeds it each model's
-``ModelDescription`` and collects the results.
+"""Notebook 07 (attention geometry, "Traveling Words: A Geometric Interpretation of Transformers", Molina
+2023; issues 8 and 16): the per-model pipeline from the notebook's parameters to its tidy tables; each model's
+report is cached in a verified folder (``nb07_report``). The geometry itself is ``tg_utils.weights`` (pure
+functions of weights); this module feeds it each model's ``ModelDescription`` and collects the results.
 
     reports, tables = run(P)                     # P: the notebook's AttentionGeometryParams
     print(nb07_findings.findings_text(reports))
 
-Per model (``analyse_model``):
-- Embedding norms (``embedding_norm_table``): top-k / bottom-k tokens under the four scorings of
-  ``weights.embedding_norm_scores`` (norm, scaled_norm, bias, both) of the matrix the output reads: the
-  tied embedding, or, for untied models, the unembedding rows W_U.T *and* the input embedding W_E (column
-  ``matrix``: "tied", "unembedding", "embedding"). The scaling and the bias are the final norm's; an
-  RMSNorm has no bias, so bias and both do not exist there (``notes`` says so).
-- Per-head SVD (``coverage_tables``, ``layer_probe``): W_qk = scale W_Q W_K^T and W_vo = W_V W_O per
-  query head (grouped-query attention: the head's key/value head) through the factors. The singular values
-  of every block (``weights.singular_values``) give the cumulative coverage and the rank at
-  ``coverage_level`` (no vocabulary scan). For the probed blocks (first, middle, last: ``probe_layers``)
-  ``weights.block_probe`` reads the top ``n_components`` sign-aligned singular pairs against the vocabulary.
-- Attention-ellipse probe (``layer_probe``): the single-token nouns of data/common_nouns.txt as queries
-  through the block's input norm; top keys and the tokens the update moves toward (read out through the
-  final norm's weight and the unembedding), per probed block and head. The input-normed embeddings come
-  from ``nb07_model_facts.InputNormedRows`` (standardised once per model).
-- Trajectory (``trajectory_tables``): the phrase's states at every state index 0..L (through the activation
-  cache), final-normed and projected into a 3-D UMAP fitted on the embedding rows; per-layer norms before
-  and after the final norm; the logit-lens top-1 token of every state (``models.unembed.lens_top1``:
-  whether it is the token itself or the next token of the phrase). A BOS the tokenizer adds is run through
-  the model but left out of the tables (its state is an outlier in norm and direction).
+Every table is made by the paper's procedure under the notebook's defaults (the paper's code:
+santiag0m/traveling-words, cited file:line where a choice follows it); each variant of this repository is a
+named option and its rows or parameters say so. Per model (``analyse_model``):
+- Embedding norms (``embedding_norm_table``, ``norm_points_table``; word_embeddings.py:28-88): top-k /
+  bottom-k tokens under the paper's four scorings ||e||, ||gamma e||, ||e|| + beta . e, ||gamma e|| + beta . e
+  (``weights.embedding_norm_scores``) and the two variants (beta . e, sqrt(d) ||gamma e|| + beta . e; column
+  ``procedure``), of the embedding (the paper's wte; "tied" when it is also the unembedding; untied models:
+  the unembedding rows W_U.T too). gamma and beta are the final norm's; an RMSNorm has no bias, so the
+  scorings with beta do not exist there (``notes`` says so).
+- Distances to the LayerNorm images (``layernorm_distance_frame``; word_embeddings.py:91-130): for models
+  whose norms are LayerNorms; RMSNorm models: not computed (a note says why).
+- Per-head SVD (``coverage_tables``, ``layer_probe``; svd_analysis.py:203-311): W_qk and W_vo per query
+  head through the factors; every block's singular values give the cumulative coverage and the rank at
+  ``coverage_level``; for the probed blocks (``blocks``, else ``depths``) ``weights.block_probe`` reads the
+  top ``n_components`` sign-aligned singular pairs against the vocabulary (``sign_side``: "key" the paper,
+  "query" the variant).
+- Attention-ellipse probe (``layer_probe``; common_nouns.py): the nouns of ``nouns_path`` that are one token
+  (bare, as the paper; ``noun_prefix`` " " the variant) as queries through the block's input norm: their top
+  keys per head, and the tokens the state moves toward, ln_f(e + u_h + b_O) per head and ln_f(e + sum_h u_h +
+  b_O) for the block (``ellipse_readout`` "paper"; "update": the variant u_h alone), read against the
+  embedding (``readout_matrix`` "embedding", the paper) or the unembedding (variant). The input-normed
+  embeddings come from ``nb07_model_facts.InputNormedRows`` (standardised once per model).
+- Query- and key-bias probes (``bias_table``; svd_analysis.py:313-349): for models with attention biases.
+- Trajectory (``nb07_trajectory.trajectory_tables``; trajectory.py): the phrase's states, final-normed, in a
+  3-D UMAP of the embedding rows (``umap_rows``/``umap_metric``/``umap_init``: the paper's first 10 000
+  rows, Euclidean, Laplacian-eigenmap start; variants: random rows, cosine, UMAP's own start).
 
-Report cache (``report_folder``): <out_dir>/cache/attention/<spec>-<key>/, a ``tg_utils.store`` verified
-folder holding every table of the report as parquet and its scalars as report.json; the key is
-``store.cache_key`` of REPORT_VERSION, the weights' stamp (``ModelSpec.stamp``), every analysis parameter
-and the noun list. A folder that does not verify is reported and recomputed; models without a stamp (hub
-ids) are not cached.
-
-Simplifications (in ``model_notes`` for every model, printed by the notebook): W_qk is positionless (RoPE,
-or learned positions, left out: the score of two tokens at the same position); per-head q/k norms (Gemma 3)
-and the biases are left out; Gemma's sandwich norm after the attention output is left out of the update
-read-out; GGUF models are the dequantised quantised weights.
+Simplifications (in ``notes`` for every model, printed by the notebook): W_qk is positionless (RoPE, or learned
+positions, left out: the score of two tokens at the same position); per-head q/k norms (Gemma 3) are left out;
+Gemma's sandwich norm after the attention output is left out of the value read-out; GGUF models are the
+dequantised quantised weights.
 """
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -54,24 +51,27 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..cache import cached_states
 from ..models import ModelSpec, load_model
-from ..models.unembed import lens_top1
-from ..paths import OutputDirs, resolve
-from ..store import cache_key, load_frames, save_frames, verified_folder, write_folder
-from ..weights import umap as U
-from ..weights.factored import (COVERAGE_LEVEL, coverage_curve, coverage_table, qk_factors, singular_values,
-                                vo_factors)
-from ..weights.norms import as_norm
+from ..paths import resolve
+from ..weights.biases import BIAS_COLUMNS, bias_probe
+from ..weights.factored import COVERAGE_LEVEL, coverage_curve, coverage_table, qk_factors, singular_values, vo_factors
+from ..weights.norms import layernorm_distance_table
 from ..weights.probe import ELLIPSE_COLUMNS, block_probe
-from ..weights.vocab import CHUNK, embedding_norm_scores, single_token_nouns, token_strings, top_bottom_tokens
-from .nb07_model_facts import InputNormedRows, is_tied, model_notes, probe_layers
+from ..weights.vocab import (CHUNK, PAPER_SETTINGS, SCORINGS, EmbeddingNormScores, embedding_norm_scores,
+                             single_token_nouns, top_bottom_tokens)
+from .nb07_model_facts import InputNormedRows, blocks_to_probe, final_norm_kind, is_tied, model_notes
+from .nb07_report import (REPORT_VERSION, TABLES, TRAJECTORY_TABLES, ModelReport, Trajectory, read_report,
+                          report_folder, write_report)
+from .nb07_trajectory import phrase_ids, trajectory_tables
+
+__all__ = ["NB", "NOUNS_PATH", "REPORT_VERSION", "TABLES", "TRAJECTORY_TABLES", "ModelReport", "Trajectory",
+           "analyse_model", "bias_table", "combine", "coverage_tables", "embedding_norm_table", "layer_probe",
+           "layernorm_distance_frame", "load_common_nouns", "noun_table", "norm_points_table", "phrase_ids",
+           "read_report", "report_folder", "run", "run_models", "trajectory_tables", "write_report"]
 
 NB = "07_attention_geometry"
-NOUNS_PATH = "data/common_nouns.txt"
-REPORT_VERSION = 2     # bump when analyse_model changes what it measures (2: verified folders, no pickle)
-TABLES = ("norm_tokens", "norm_stats", "coverage", "curves", "directions", "nouns", "ellipse")
-TRAJECTORY_TABLES = {"trajectory_coords": "coords", "trajectory_norms": "norms", "logit_lens": "lens"}
+NOUNS_PATH = "data/traveling_words_nouns.txt"     # the paper's COMMON_NOUNS.txt
+NORM_POINTS = 20000        # tokens per model in the norm-scoring figure's table (all of a smaller vocabulary)
 
 
 # ============================================================================ inputs
@@ -83,46 +83,98 @@ def load_common_nouns(path: str | os.PathLike = NOUNS_PATH) -> list[str]:
     return [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 
-def noun_table(tokenizer, nouns: Sequence[str]) -> pd.DataFrame:
-    """The nouns that are one token (with a leading space) under this tokenizer: [noun, token_id, token]."""
-    return pd.DataFrame(single_token_nouns(tokenizer, nouns))
+def noun_table(tokenizer, nouns: Sequence[str], prefix: str = "") -> pd.DataFrame:
+    """The nouns that are one token under this tokenizer, bare (prefix "", the paper's common_nouns.py:28-33)
+    or after ``prefix`` (" ": the variant): [noun, token_id, token]."""
+    return pd.DataFrame(single_token_nouns(tokenizer, nouns, prefix=prefix))
 
 
-# ============================================================================ the tables of one model
+# ============================================================================ embedding norms
 
-def embedding_norm_table(desc, tokenizer=None, k: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(top/bottom tokens, per-matrix statistics). Tokens: [matrix, scoring, rank, side, token_id, token,
-    token_raw, score] for the tied matrix, or the unembedding rows and the embedding of an untied model.
-    Statistics: [matrix, scoring, mean, std, min, max, spearman_vs_norm, top_overlap_vs_norm]."""
-    fn = desc.final_norm
-    g = None if fn is None else fn.scale
-    b = None if fn is None else fn.bias
+def _norm_matrices(desc) -> list[tuple[str, torch.Tensor]]:
+    """The matrices the norm scorings read: the paper's wte (word_embeddings.py:36), named "tied" when it is
+    also the unembedding; for untied models the embedding first, then the unembedding rows."""
     if is_tied(desc):
-        mats = [("tied", desc.W_E)]
-    else:
-        mats = [("unembedding", desc.W_U.T), ("embedding", desc.W_E)]
+        return [("tied", desc.W_E)]
+    return [("embedding", desc.W_E), ("unembedding", desc.W_U.T)]
+
+
+def _scores(desc, M) -> EmbeddingNormScores:
+    fn = desc.final_norm
+    return embedding_norm_scores(M, None if fn is None else fn.scale, None if fn is None else fn.bias)
+
+
+def embedding_norm_table(desc, tokenizer=None, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(top/bottom tokens, per-matrix statistics). Tokens: [matrix, scoring, procedure, paper_setting, rank,
+    side, token_id, token, token_raw, score] (procedure "paper" for the four settings of word_embeddings.py,
+    "variant" for bias_term and max_logit). Statistics: [matrix, scoring, procedure, mean, std, min, max,
+    spearman_vs_norm, top_overlap_vs_norm]."""
     tables, stats = [], []
-    for name, M in mats:
-        sc = embedding_norm_scores(M, g, b)
+    for name, M in _norm_matrices(desc):
+        sc = _scores(desc, M)
         t = pd.DataFrame(top_bottom_tokens(sc, tokenizer, k=k))
         t.insert(0, "matrix", name)
+        t.insert(2, "procedure", t["scoring"].map(lambda x: SCORINGS[x][0]))
+        t.insert(3, "paper_setting", t["scoring"].map(lambda x: PAPER_SETTINGS.get(x, "")))
         tables.append(t)
         ranks_norm = pd.Series(sc.norm).rank().to_numpy()
         top_norm = set(t[(t.scoring == "norm") & (t.side == "top")].token_id)
         for s_name, s in sc.as_dict().items():
             top = set(t[(t.scoring == s_name) & (t.side == "top")].token_id)
-            stats.append({"matrix": name, "scoring": s_name, "mean": float(np.mean(s)),
-                          "std": float(np.std(s)), "min": float(np.min(s)), "max": float(np.max(s)),
-                          "spearman_vs_norm": float(np.corrcoef(pd.Series(s).rank().to_numpy(),
-                                                                ranks_norm)[0, 1]),
+            stats.append({"matrix": name, "scoring": s_name, "procedure": SCORINGS[s_name][0],
+                          "mean": float(np.mean(s)), "std": float(np.std(s)), "min": float(np.min(s)),
+                          "max": float(np.max(s)),
+                          "spearman_vs_norm": float(np.corrcoef(pd.Series(s).rank().to_numpy(), ranks_norm)[0, 1]),
                           "top_overlap_vs_norm": len(top & top_norm) / max(1, len(top_norm))})
     return pd.concat(tables, ignore_index=True), pd.DataFrame(stats)
 
 
+def norm_points_table(desc, norm_tokens: pd.DataFrame, tokenizer=None, max_points: int = NORM_POINTS,
+                      seed: int = 0) -> pd.DataFrame:
+    """Per-token scores of the first matrix of ``_norm_matrices`` (the paper's wte) for the figure of norm
+    against bias term: every token of a vocabulary up to ``max_points``, else a seeded sample of that many
+    plus every token of the top / bottom lists. Columns: matrix, token_id, token, norm, scaled_norm,
+    bias_term, both, max_logit (NaN where the final norm has no bias), listed (in a top / bottom list)."""
+    name, M = _norm_matrices(desc)[0]
+    sc = _scores(desc, M)
+    V = len(sc.norm)
+    listed = set(norm_tokens[norm_tokens.matrix == name].token_id.tolist())
+    ids = np.arange(V)
+    if V > max_points:
+        ids = np.union1d(np.random.default_rng(seed).choice(V, size=max_points, replace=False),
+                         np.asarray(sorted(listed), dtype=np.int64))
+    nan = np.full(len(ids), np.nan)
+    pick = (lambda a: nan if a is None else a[ids])
+    tok = norm_tokens.drop_duplicates("token_id").set_index("token_id")["token"]
+    return pd.DataFrame({"matrix": name, "token_id": ids, "token": [tok.get(int(i), "") for i in ids],
+                         "norm": sc.norm[ids], "scaled_norm": sc.scaled_norm[ids], "bias_term": pick(sc.bias_term),
+                         "both": pick(sc.both), "max_logit": pick(sc.max_logit), "listed": np.isin(ids, list(listed))})
+
+
+def layernorm_distance_frame(desc) -> tuple[pd.DataFrame, str]:
+    """The paper's distances between the embedding rows (original, centred, scaled, both) and their LayerNorm
+    images (``weights.layernorm_distance_table``, word_embeddings.py:91-130) for a model whose final norm is
+    a LayerNorm; (an empty table, the reason) for other models."""
+    cols = ["matrix", "setting", "mean_l2_distance", "l2_std_dev", "mean_cosine_distance", "cosine_std_dev",
+            "avg_norm", "scale_factor"]
+    kind = final_norm_kind(desc)
+    if kind != "layer":
+        why = ("RMSNorm" if kind == "rms" else "no final norm")
+        return pd.DataFrame(columns=cols), (
+            f"distance table to the LayerNorm images (word_embeddings.py:91-130) not computed: the model's norm is "
+            f"{why}, which neither centres nor has a bias, so the paper's comparison does not apply")
+    t = pd.DataFrame(layernorm_distance_table(desc.W_E))
+    t.insert(0, "matrix", "tied" if is_tied(desc) else "embedding")
+    return t[cols], ""
+
+
+# ============================================================================ per-head SVD and probes
+
 def coverage_tables(desc, level: float = COVERAGE_LEVEL) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Singular values of every block's per-head W_qk and W_vo (``weights.singular_values``: through the
     factors; signs are irrelevant here). Returns (coverage [layer, kind, head, n_singular, rank_at_level,
-    level, sigma_1, frobenius, d_head], curves [layer, kind, head, rank, sigma, coverage])."""
+    level, sigma_1, frobenius, d_head], curves [layer, kind, head, rank, sigma, coverage]). The paper plots
+    the coverage of sigma (utils/plot_utils.py:123-124); here it is of sigma^2 (Eckart-Young)."""
     cov, curves = [], []
     for l, a in enumerate(desc.attn):
         for kind, fm in (("qk", qk_factors(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale)),
@@ -139,117 +191,80 @@ def coverage_tables(desc, level: float = COVERAGE_LEVEL) -> tuple[pd.DataFrame, 
     return cov, pd.concat(curves, ignore_index=True)
 
 
+def readout_rows(desc, readout_matrix: str = "embedding") -> torch.Tensor:
+    """[d, vocab]: the matrix the W_vo output directions and the ellipse values are read against:
+    "embedding" W_E.T (the paper's wte, svd_analysis.py:261, common_nouns.py:91) or "unembedding" W_U."""
+    if readout_matrix == "embedding":
+        return desc.W_E.T
+    if readout_matrix == "unembedding":
+        return desc.W_U if desc.W_U is not None else desc.W_E.T
+    raise ValueError(f"readout_matrix must be 'embedding' or 'unembedding', got {readout_matrix!r}")
+
+
 def layer_probe(desc, layer: int, rows_norm, nouns: pd.DataFrame | None = None, tokenizer=None,
-                n_components: int = 3, k: int = 10, ellipse_heads: Sequence[int] | None = None,
-                chunk: int = CHUNK) -> tuple[pd.DataFrame, pd.DataFrame]:
+                n_components: int = 20, k: int = 5, ellipse_heads: Sequence[int] | None = None,
+                chunk: int = CHUNK, sign_side: str = "key", readout: str = "paper",
+                readout_matrix: str = "embedding") -> tuple[pd.DataFrame, pd.DataFrame]:
     """``weights.block_probe`` on block ``layer`` of a model: its singular-direction tokens and ellipse probe
-    of the nouns' tokens. ``rows_norm``: (rows, norm) from ``InputNormedRows.for_layer``. Returns
-    (directions, ellipse) with DIRECTION_COLUMNS and ELLIPSE_COLUMNS (ellipse empty without nouns)."""
+    of the nouns' tokens. ``rows_norm``: (rows, norm) from ``InputNormedRows.for_layer``. The paper's value
+    read-out adds the token's embedding as it enters the stream (W_E[t] * embed_scale) and the biases b_V,
+    b_O, and applies the final norm. Returns (directions, ellipse) with DIRECTION_COLUMNS and ELLIPSE_COLUMNS
+    (ellipse empty without nouns)."""
     rows, norm = rows_norm
     a = desc.attn[layer]
     have_nouns = nouns is not None and not nouns.empty
+    qids = nouns["token_id"].tolist() if have_nouns else None
     fn = desc.final_norm
-    res = block_probe(a.W_Q, a.W_K, a.W_V, a.W_O, rows, desc.W_U if desc.W_U is not None else desc.W_E.T,
-                      norm=norm, kv_map=desc.kv_head_map, scale=desc.attn_scale,
-                      query_ids=nouns["token_id"].tolist() if have_nouns else None,
+    residual = None
+    if have_nouns and readout == "paper":
+        residual = desc.W_E[qids].to(torch.float64) * desc.embed_scale          # common_nouns.py:88
+    res = block_probe(a.W_Q, a.W_K, a.W_V, a.W_O, rows, readout_rows(desc, readout_matrix), norm=norm,
+                      kv_map=desc.kv_head_map, scale=desc.attn_scale, query_ids=qids,
                       labels=nouns["noun"].tolist() if have_nouns else None,
                       final_norm_weight=None if fn is None else fn.scale, n_components=n_components, k=k,
-                      heads=ellipse_heads, tokenizer=tokenizer, layer=layer, chunk=chunk)
+                      heads=ellipse_heads, tokenizer=tokenizer, layer=layer, chunk=chunk, sign_side=sign_side,
+                      readout=readout, residual=residual, final_norm=fn, b_V=a.b_V, b_O=a.b_O)
     ell = pd.DataFrame(columns=ELLIPSE_COLUMNS) if res.ellipse is None else pd.DataFrame(res.ellipse)
     return pd.DataFrame(res.directions), ell
 
 
-@dataclass(frozen=True)
-class Trajectory:
-    """A phrase's states projected into the embedding UMAP (see ``trajectory_tables``)."""
-    coords: pd.DataFrame          # [layer, position, token, x, y, z]
-    norms: pd.DataFrame           # [layer, position, token, norm, normed_norm]
-    lens: pd.DataFrame            # [layer, position, token, next_token, top_token, top_id, is_self, is_next]
-    background: np.ndarray        # [n_fit, 3] UMAP coordinates of the fitted embedding rows
-    tokens: list[str]
-
-
-def phrase_ids(lm, phrase: str) -> tuple[list[int], int]:
-    """(token ids as the model's tokenizer encodes the phrase, number of leading BOS positions to drop)."""
-    ids = lm.encode(phrase)
-    drop = int(bool(lm.desc.adds_bos and ids and ids[0] == lm.desc.bos_token_id))
-    if len(ids) - drop < 1:
-        raise ValueError(f"the phrase {phrase!r} has no tokens under {lm.desc.spec}")
-    return ids, drop
-
-
-def trajectory_tables(lm, phrase: str, out_dir="outputs", n_fit: int | None = 5000, n_neighbors: int = 15,
-                      n_epochs: int | None = 200, seed: int = 0) -> Trajectory:
-    """States 0..L of the phrase (``cache.cached_states``, positions="all"), final-normed and projected into a
-    3-D UMAP fitted on ``n_fit`` embedding rows (``weights.umap_trajectory``); norms before / after the
-    final norm; the logit-lens top-1 token of every final-normed state (``models.unembed.lens_top1``)."""
-    desc = lm.desc
-    ids, drop = phrase_ids(lm, phrase)
-    L = desc.n_layers
-    st = cached_states(lm, [ids], layers=list(range(L + 1)), positions="all", dtype="float32",
-                       out_dir=out_dir, progress=False, batch_size=1)
-    S = st.states[0][:, drop:].to(torch.float32)                         # [L+1, T, d]
-    tok_ids = ids[drop:]
-    tokens = token_strings(lm.tokenizer, tok_ids)[0]
-    tr = U.umap_trajectory(desc.W_E, S, n_neighbors=n_neighbors, seed=seed, n_fit=n_fit, n_epochs=n_epochs,
-                           norm=desc.final_norm)
-    n_l, T = S.shape[:2]
-    lay = np.repeat(np.arange(n_l), T)
-    pos = np.tile(np.arange(T), n_l)
-    tok = np.asarray(tokens, dtype=object)[pos]
-    coords = pd.DataFrame({"layer": lay, "position": pos, "token": tok, "x": tr.coords[..., 0].ravel(),
-                           "y": tr.coords[..., 1].ravel(), "z": tr.coords[..., 2].ravel()})
-    normed = tr.normed_norms if tr.normed_norms is not None else tr.norms
-    norms = pd.DataFrame({"layer": lay, "position": pos, "token": tok, "norm": tr.norms.ravel(),
-                          "normed_norm": normed.ravel()})
-    top = lens_top1(S, desc, as_norm(desc.final_norm)).reshape(-1).numpy()     # [(L+1) * T], layer-major
-    nxt = np.asarray(tok_ids[1:] + [-1])
-    lens = pd.DataFrame({"layer": lay, "position": pos, "token": tok,
-                         "next_token": np.asarray(tokens[1:] + [""], dtype=object)[pos],
-                         "top_id": top, "top_token": token_strings(lm.tokenizer, top.tolist())[0],
-                         "is_self": top == np.asarray(tok_ids)[pos], "is_next": top == nxt[pos]})
-    return Trajectory(coords=coords, norms=norms, lens=lens, background=tr.embedding_coords, tokens=tokens)
+def bias_table(desc, layers: Sequence[int], rows: InputNormedRows, tokenizer=None, k: int = 5,
+               heads: Sequence[int] | None = None) -> tuple[pd.DataFrame, str]:
+    """The paper's query- and key-bias probes (``weights.bias_probe``, svd_analysis.py:313-349) at each probed
+    block, against the block's input-normed embeddings: (table with BIAS_COLUMNS, note on what does not
+    exist; the table is empty for a model without attention biases)."""
+    parts, notes = [], []
+    for l in layers:
+        a = desc.attn[l]
+        r, nm = rows.for_layer(l)
+        res = bias_probe(a.W_Q, a.W_K, a.b_Q, a.b_K, r, nm, desc.kv_head_map, k, tokenizer, l, heads)
+        if res.table is not None:
+            parts.append(pd.DataFrame(res.table))
+        if res.note and res.note not in notes:
+            notes.append(res.note)
+    t = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=BIAS_COLUMNS)
+    note = "; ".join(notes)
+    return t, (f"query/key-bias probes (svd_analysis.py:313-349): {note}" if note else "")
 
 
 # ============================================================================ one model, every model
-
-@dataclass(frozen=True)
-class ModelReport:
-    """Everything notebook 07 measures for one model (tables carry no model column; ``combine`` adds it)."""
-    spec: str
-    label: str
-    summary: str
-    layers: list[int]
-    notes: list[str]
-    norm_tokens: pd.DataFrame
-    norm_stats: pd.DataFrame
-    coverage: pd.DataFrame
-    curves: pd.DataFrame
-    directions: pd.DataFrame
-    nouns: pd.DataFrame
-    ellipse: pd.DataFrame
-    trajectory: Trajectory | None
-    n_layers: int
-    d_head: int
-    n_heads: int
-    timings: dict = field(default_factory=dict)
-
 
 def _heads(n_heads: int, limit: int | None) -> list[int] | None:
     return None if limit is None or limit >= n_heads else list(range(limit))
 
 
 def analyse_model(lm, P, nouns: Sequence[str]) -> ModelReport:
-    """Run every probe of notebook 07 on one loaded model with the notebook's parameters ``P`` (fields
-    depths, top_k, n_components, coverage_level, ellipse_heads, phrase, umap_n_fit, umap_neighbors,
-    umap_epochs, seed, out_dir)."""
+    """Run every probe of notebook 07 on one loaded model with the notebook's parameters ``P`` (see
+    ``params.notebooks.AttentionGeometryParams`` for the fields)."""
     desc, tok = lm.desc, lm.tokenizer
     if not desc.is_decoder or desc.W_U is None:
         raise ValueError(f"{desc.spec}: notebook 07 probes decoder language models (it needs an unembedding)")
     times = {}
     t0 = time.perf_counter()
-    layers = probe_layers(desc.n_layers, P.depths)
+    layers = blocks_to_probe(desc.n_layers, P.depths, P.blocks)
     norm_tokens, norm_stats = embedding_norm_table(desc, tok, P.top_k)
+    norm_points = norm_points_table(desc, norm_tokens, tok, seed=P.seed)
+    distances, why_no_distances = layernorm_distance_frame(desc)
     times["embedding_norms"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -257,24 +272,29 @@ def analyse_model(lm, P, nouns: Sequence[str]) -> ModelReport:
     times["coverage"] = time.perf_counter() - t0
 
     rows = InputNormedRows(desc)
-    nn_df = noun_table(tok, nouns)
+    nn_df = noun_table(tok, nouns, P.noun_prefix)
     heads = _heads(desc.n_heads, P.ellipse_heads)
     dirs, ell = [], []
     t0 = time.perf_counter()
     for l in layers:
-        dl, el = layer_probe(desc, l, rows.for_layer(l), nn_df, tok, P.n_components, P.top_k, heads)
+        dl, el = layer_probe(desc, l, rows.for_layer(l), nn_df, tok, P.n_components, P.top_k, heads,
+                             sign_side=P.sign_side, readout=P.ellipse_readout, readout_matrix=P.readout_matrix)
         dirs.append(dl)
         ell.append(el)
-    times["directions_ellipse"] = time.perf_counter() - t0
+    biases, why_no_biases = bias_table(desc, layers, rows, tok, P.top_k)
+    times["directions_ellipse_biases"] = time.perf_counter() - t0
     del rows
 
     t0 = time.perf_counter()
-    traj = trajectory_tables(lm, P.phrase, P.out_dir, P.umap_n_fit, P.umap_neighbors, P.umap_epochs, P.seed)
+    traj = trajectory_tables(lm, P.phrase, P.out_dir, P.umap_n_fit, P.umap_neighbors, P.umap_epochs, P.seed,
+                             rows=P.umap_rows, metric=P.umap_metric, init=P.umap_init)
     times["trajectory"] = time.perf_counter() - t0
+    notes = model_notes(desc) + [n for n in (why_no_distances, why_no_biases) if n]
     return ModelReport(spec=desc.spec, label=ModelSpec.parse(desc.spec).short_name, summary=desc.summary(),
-                       layers=layers, notes=model_notes(desc), norm_tokens=norm_tokens, norm_stats=norm_stats,
-                       coverage=coverage, curves=curves, directions=pd.concat(dirs, ignore_index=True),
-                       nouns=nn_df, ellipse=pd.concat(ell, ignore_index=True), trajectory=traj,
+                       layers=layers, notes=notes, norm_tokens=norm_tokens, norm_stats=norm_stats,
+                       norm_points=norm_points, layernorm_distances=distances, coverage=coverage, curves=curves,
+                       directions=pd.concat(dirs, ignore_index=True), nouns=nn_df,
+                       ellipse=pd.concat(ell, ignore_index=True), bias_probes=biases, trajectory=traj,
                        n_layers=desc.n_layers, d_head=desc.d_head, n_heads=desc.n_heads, timings=times)
 
 
@@ -310,8 +330,9 @@ def combine(reports: dict[str, ModelReport]) -> dict[str, pd.DataFrame]:
     ``TABLES`` plus trajectory_coords, trajectory_norms, logit_lens."""
     out = {}
     for name in TABLES:
-        out[name] = pd.concat([getattr(r, name).assign(model=r.spec, label=r.label) for r in reports.values()],
-                              ignore_index=True)
+        frames = [getattr(r, name).assign(model=r.spec, label=r.label) for r in reports.values()]
+        frames = [f for f in frames if len(f)] or frames[:1]
+        out[name] = pd.concat(frames, ignore_index=True)
     for name, attr in TRAJECTORY_TABLES.items():
         out[name] = pd.concat([getattr(r.trajectory, attr).assign(model=r.spec, label=r.label)
                                for r in reports.values() if r.trajectory is not None], ignore_index=True)
@@ -324,63 +345,3 @@ def run(P, progress: bool = True, verbose: bool = True) -> tuple[dict[str, Model
     """The notebook's pipeline: (label -> ModelReport of every model, the combined tables)."""
     reports = run_models(P, progress, verbose)
     return reports, combine(reports)
-
-
-# ============================================================================ the report cache
-
-REPORT_JSON = "report.json"
-_NOT_CACHE_KEYS = ("profile", "out_dir", "figures_dir", "models")
-
-
-def report_folder(P, spec: str, nouns: Sequence[str]) -> tuple[Path, str] | None:
-    """(folder, key) of one model's cached report under <out_dir>/cache/attention/: the key is
-    ``store.cache_key`` of REPORT_VERSION, the canonical spec and stamp of its weights, every analysis
-    parameter and the noun list. None when the weights cannot be stamped (nothing is cached)."""
-    canon, stamp = ModelSpec.parse(spec).stamp(P.out_dir)
-    if stamp is None:
-        return None
-    params = {k: v for k, v in dataclasses.asdict(P).items() if k not in _NOT_CACHE_KEYS}
-    key = cache_key("nb07-report", REPORT_VERSION, canon, stamp, params, list(nouns))
-    slug = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in canon)
-    return OutputDirs.at(P.out_dir).cache / "attention" / f"{slug}-{key}", key
-
-
-def _report_frames(rep: ModelReport) -> dict[str, pd.DataFrame]:
-    frames = {name: getattr(rep, name) for name in TABLES}
-    if rep.trajectory is not None:
-        frames.update({name: getattr(rep.trajectory, attr) for name, attr in TRAJECTORY_TABLES.items()})
-        frames["trajectory_background"] = pd.DataFrame(rep.trajectory.background, columns=["x", "y", "z"])
-    return frames
-
-
-def write_report(folder: Path, key: str, rep: ModelReport) -> None:
-    """Store `rep` as a verified folder: each table as <name>.parquet, the rest as report.json."""
-    frames = _report_frames(rep)
-    meta = {"spec": rep.spec, "label": rep.label, "summary": rep.summary, "layers": list(rep.layers),
-            "notes": list(rep.notes), "n_layers": rep.n_layers, "d_head": rep.d_head, "n_heads": rep.n_heads,
-            "timings": dict(rep.timings),
-            "trajectory_tokens": None if rep.trajectory is None else list(rep.trajectory.tokens)}
-
-    def write(tmp: Path) -> None:
-        save_frames(tmp, frames)
-        (tmp / REPORT_JSON).write_text(json.dumps(meta, indent=1))
-    write_folder(folder, key, write, meta={"frames": list(frames)})
-
-
-def read_report(folder: Path, key: str) -> ModelReport | None:
-    """The report stored in `folder` for `key`, or None when there is none or it does not verify (a folder
-    that is there but wrong is reported in one line; the caller recomputes it)."""
-    manifest = verified_folder(folder, key)
-    if manifest is None:
-        return None
-    meta = json.loads((Path(folder) / REPORT_JSON).read_text())
-    frames = load_frames(Path(folder), manifest["meta"]["frames"])
-    traj = None
-    if meta["trajectory_tokens"] is not None:
-        traj = Trajectory(**{attr: frames[name] for name, attr in TRAJECTORY_TABLES.items()},
-                          background=frames["trajectory_background"].to_numpy(),
-                          tokens=meta["trajectory_tokens"])
-    return ModelReport(spec=meta["spec"], label=meta["label"], summary=meta["summary"], layers=meta["layers"],
-                       notes=meta["notes"], **{name: frames[name] for name in TABLES}, trajectory=traj,
-                       n_layers=meta["n_layers"], d_head=meta["d_head"], n_heads=meta["n_heads"],
-                       timings=meta["timings"])

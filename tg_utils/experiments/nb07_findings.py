@@ -1,6 +1,7 @@
 """Notebook 07's findings text and compact views, built from the reports and combined tables of
 ``nb07_attention_geometry``: token lists per scoring, direction and noun, the rank and lens views, the
-ellipse and direction statistics, and the measured findings of every model."""
+ellipse and direction statistics, the one-line statement of the procedure behind each table, and the
+measured findings of every model. Blocks are counted from 0, as the paper does."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -24,8 +25,58 @@ def token_lists(df: pd.DataFrame, by: Sequence[str], n: int | None = None, col: 
 
 
 def norm_view(tables: dict[str, pd.DataFrame], n: int = 8) -> pd.DataFrame:
-    """Embedding-norm token lists: rows (label, matrix, scoring, side)."""
-    return token_lists(tables["norm_tokens"], ["label", "matrix", "scoring", "side"], n)
+    """Embedding-norm token lists: rows (label, matrix, scoring, procedure, side)."""
+    return token_lists(tables["norm_tokens"], ["label", "matrix", "scoring", "procedure", "side"], n)
+
+
+def bias_view(tables: dict[str, pd.DataFrame], n: int = 5, heads: int | None = 2) -> pd.DataFrame:
+    """Query- and key-bias probe token lists of the first ``heads`` heads: rows (label, layer, head, bias,
+    sign)."""
+    d = tables["bias_probes"]
+    if heads is not None:
+        d = d[d["head"] < heads]
+    if d.empty:
+        return pd.DataFrame(columns=["label", "layer", "head", "bias", "sign", "tokens"])
+    return token_lists(d, ["label", "layer", "head", "bias", "sign"], n)
+
+
+# ============================================================================ which procedure made each table
+
+def procedure_lines(P) -> dict[str, str]:
+    """One line per table: the procedure that produced it under the parameters ``P`` (the paper's, with its
+    file and lines, or a named variant) and why the variant exists."""
+    sign = ("paper: svd_analysis.py:203-263, each pair's sign set on its key (right) side against ln_1(W_E) "
+            "(lines 93-105)" if P.sign_side == "key" else
+            "variant sign_side='query': W_qk's sign set on the query side (the paper: the key side, "
+            "svd_analysis.py:93-105)")
+    if P.ellipse_readout == "paper":
+        ell = ("paper: common_nouns.py:38-101, keys x W_qk . ln_1(e_y) per head; values ln_f(e + u_h + b_O) per "
+               "head and ln_f(e + sum_h u_h + b_O) for the block (u_h = x W_vo + b_V W_O)")
+    else:
+        ell = ("variant ellipse_readout='update': the head's update x W_vo alone times the final norm's weight "
+               "(what the head writes, without the token it is added to; the paper: ln_f(e + u_h + b_O))")
+    matrix = "embedding (the paper)" if P.readout_matrix == "embedding" else "unembedding (variant)"
+    nouns = "bare (the paper)" if P.noun_prefix == "" else repr(P.noun_prefix) + " + noun (variant)"
+    ell += f", read against the {matrix}; nouns {nouns}"
+    umap = ("paper: trajectory.py + utils/umap_utils.py" if (P.umap_rows, P.umap_metric, P.umap_init) ==
+            ("first", "euclidean", "spectral") else "variant")
+    umap += (f": UMAP fitted on the {P.umap_rows} {P.umap_n_fit} rows of W_E, {P.umap_metric}, "
+             f"{'Laplacian-eigenmap' if P.umap_init == 'spectral' else 'UMAP spectral'} start; states final-normed "
+             f"(the variant, random rows and cosine, makes the map independent of the states' scale)")
+    return {
+        "norm_tokens": "paper: word_embeddings.py:28-88 (norm, scaled_norm, bias = ||e|| + beta.e, both = "
+                       "||gamma e|| + beta.e); rows marked 'variant' are ours: bias_term = beta.e and max_logit = "
+                       "sqrt(d) ||gamma e|| + beta.e, the largest logit a normalised state can give the token",
+        "layernorm_distances": "paper: word_embeddings.py:91-130 (distances of e, e - mean, e * sqrt(d)/mean||e|| "
+                               "and both to layer_norm(e)); only for models whose norms are LayerNorms",
+        "directions": sign,
+        "ellipse": ell,
+        "bias_probes": "paper: svd_analysis.py:313-349 (W_Q b_K^T and b_Q W_K^T per head, +/- against ln_1(W_E)); "
+                       "only for models with attention biases",
+        "trajectory": umap,
+        "coverage": "cumulative share of sigma^2 (Eckart-Young; the paper's figure plots the share of sigma, "
+                    "utils/plot_utils.py:123-124, and no table)",
+    }
 
 
 def direction_view(tables: dict[str, pd.DataFrame], n: int = 6, heads: int | None = 2,
@@ -48,9 +99,10 @@ def direction_view(tables: dict[str, pd.DataFrame], n: int = 6, heads: int | Non
 
 
 def ellipse_view(tables: dict[str, pd.DataFrame], nouns: Sequence[str], n: int = 6, head: int = 0) -> pd.DataFrame:
-    """Top keys and update tokens of a few nouns for one head: one row per (label, layer, noun)."""
+    """Top keys and value (or update) tokens of a few nouns for one head, and the block's summed value
+    ("values_sum", the paper's read-out): one row per (label, layer, noun)."""
     d = tables["ellipse"]
-    d = d[d["noun"].isin(list(nouns)) & (d["head"] == head)]
+    d = d[d["noun"].isin(list(nouns)) & ((d["head"] == head) | (d["probe"] == "values_sum"))]
     t = token_lists(d, ["label", "layer", "noun", "probe"], n)
     w = t.pivot_table(index=["label", "layer", "noun"], columns="probe", values="tokens", aggfunc="first",
                       sort=False)
@@ -135,27 +187,41 @@ def _toks(df: pd.DataFrame, n: int) -> str:
     return ", ".join(fmt_token(t) for t in df.sort_values("rank")["token"].head(n))
 
 
-def model_findings(rep: ModelReport, n: int = 5) -> list[str]:
-    """The findings lines of one model (numbers measured in this run)."""
-    L = rep.n_layers
-    lines = [f"== {rep.label}: {rep.summary}"]
-    # embedding norms
+def _norm_lines(rep: ModelReport, n: int) -> list[str]:
     nt, ns = rep.norm_tokens, rep.norm_stats
     mat = nt["matrix"].iloc[0]
     sel = lambda s, side: nt[(nt.matrix == mat) & (nt.scoring == s) & (nt.side == side)]
-    lines.append(f"  norms ({mat}): largest ||e||: {_toks(sel('norm', 'top'), n)}; smallest: "
-                 f"{_toks(sel('norm', 'bottom'), n)}")
     st = ns[ns.matrix == mat].set_index("scoring")
-    lines.append(f"    scaled by the final norm's weight: top {_toks(sel('scaled_norm', 'top'), n)} "
-                 f"(rank correlation with ||e|| {st.loc['scaled_norm', 'spearman_vs_norm']:.2f}, top-k overlap "
-                 f"{st.loc['scaled_norm', 'top_overlap_vs_norm']:.0%})")
-    if "bias" in st.index:
-        lines.append(f"    bias score b.e: top {_toks(sel('bias', 'top'), n)}; bottom {_toks(sel('bias', 'bottom'), n)}")
-        lines.append(f"    both (largest reachable logit): top {_toks(sel('both', 'top'), n)}; bottom "
-                     f"{_toks(sel('both', 'bottom'), n)} (top-k overlap with ||e|| "
-                     f"{st.loc['both', 'top_overlap_vs_norm']:.0%})")
-    else:
-        lines.append("    no bias score: the final norm is an RMSNorm without bias")
+    lines = [f"  norms ({mat}; the paper's scorings): largest ||e||: {_toks(sel('norm', 'top'), n)}; smallest: "
+             f"{_toks(sel('norm', 'bottom'), n)}",
+             f"    scaled ||gamma e||: top {_toks(sel('scaled_norm', 'top'), n)} (rank correlation with ||e|| "
+             f"{st.loc['scaled_norm', 'spearman_vs_norm']:.2f}, top-k overlap "
+             f"{st.loc['scaled_norm', 'top_overlap_vs_norm']:.0%})"]
+    if "bias" not in st.index:
+        return lines + ["    no bias scorings: the final norm has no bias (RMSNorm)"]
+    for name, what in (("bias", "||e|| + beta.e"), ("both", "||gamma e|| + beta.e")):
+        lines.append(f"    {name} = {what}: top {_toks(sel(name, 'top'), n)}; bottom {_toks(sel(name, 'bottom'), n)} "
+                     f"(rank correlation with ||e|| {st.loc[name, 'spearman_vs_norm']:.2f}, top-k overlap "
+                     f"{st.loc[name, 'top_overlap_vs_norm']:.0%})")
+    lines.append(f"    variants: beta.e alone: top {_toks(sel('bias_term', 'top'), n)} (rank correlation with ||e|| "
+                 f"{st.loc['bias_term', 'spearman_vs_norm']:.2f}); sqrt(d) ||gamma e|| + beta.e: top "
+                 f"{_toks(sel('max_logit', 'top'), n)} (top-k overlap with ||e|| "
+                 f"{st.loc['max_logit', 'top_overlap_vs_norm']:.0%})")
+    return lines
+
+
+def model_findings(rep: ModelReport, n: int = 5) -> list[str]:
+    """The findings lines of one model (numbers measured in this run; blocks counted from 0)."""
+    L = rep.n_layers
+    lines = [f"== {rep.label}: {rep.summary}"] + _norm_lines(rep, n)
+    dist = rep.layernorm_distances
+    if len(dist):
+        d = dist.set_index("setting")
+        lines.append("  distance to layer_norm(e) (mean L2 / mean cosine distance): "
+                     + "; ".join(f"{k} {d.loc[k, 'mean_l2_distance']:.3g} / {d.loc[k, 'mean_cosine_distance']:.3g}"
+                                 for k in d.index)
+                     + f" (mean ||e|| {d['avg_norm'].iloc[0]:.3g}, sqrt(d) / mean ||e|| = "
+                       f"{d['scale_factor'].iloc[0]:.3g})")
     # coverage
     cov = rep.coverage
     for kind in ("qk", "vo"):
@@ -164,20 +230,20 @@ def model_findings(rep: ModelReport, n: int = 5) -> list[str]:
         allm = c.groupby("layer")["rank_at_level"].median()
         lvl = c["level"].iloc[0]
         lines.append(f"  W_{kind} rank at {lvl:.0%} coverage (median over heads, d_head={rep.d_head}): "
-                     + ", ".join(f"block {l + 1}: {v:g}" for l, v in per.items())
+                     + ", ".join(f"block {l}: {v:g}" for l, v in per.items())
                      + f"; over all {L} blocks {allm.min():g}-{allm.max():g}")
     # directions
     ds = direction_stats(rep.directions)
     d0 = ds[ds.component == 0].set_index(["layer", "kind"])["side_overlap"]
     lines.append("  top singular direction, overlap of the two sides' top-k tokens (mean over heads): "
-                 + "; ".join(f"block {l + 1}: qk {d0.get((l, 'qk'), float('nan')):.2f}, "
+                 + "; ".join(f"block {l}: qk {d0.get((l, 'qk'), float('nan')):.2f}, "
                              f"vo {d0.get((l, 'vo'), float('nan')):.2f}" for l in rep.layers))
     dr = rep.directions
     for l in rep.layers:
         g = dr[(dr.layer == l) & (dr.component == 0)]
         h = int(g[g.kind == "qk"].sort_values("sigma", ascending=False)["head"].iloc[0])
         gk = g[(g["head"] == h)]
-        lines.append(f"    block {l + 1}, head {h} (largest sigma_1 of W_qk): first direction's query tokens "
+        lines.append(f"    block {l}, head {h} (largest sigma_1 of W_qk): first direction's query tokens "
                      f"{_toks(gk[(gk.kind == 'qk') & (gk.side == 'query')], n)} -> key tokens "
                      f"{_toks(gk[(gk.kind == 'qk') & (gk.side == 'key')], n)}; its W_vo writes toward "
                      f"{_toks(gk[(gk.kind == 'vo') & (gk.side == 'output')], n)}")
@@ -186,13 +252,21 @@ def model_findings(rep: ModelReport, n: int = 5) -> list[str]:
         lines.append("  ellipse probe: no noun is a single token under this tokenizer")
     else:
         es = ellipse_stats(rep.ellipse)
-        lines.append(f"  ellipse probe: {len(rep.nouns)} single-token nouns, heads "
-                     f"{sorted(rep.ellipse['head'].unique().tolist())}")
+        heads = sorted(h for h in rep.ellipse["head"].unique().tolist() if h >= 0)
+        lines.append(f"  ellipse probe: {len(rep.nouns)} single-token nouns, heads {heads}")
+        what = {"keys": "keys", "values": "values per head", "values_sum": "values, sum of heads",
+                "update": "update (variant)"}
         for _, r in es.iterrows():
-            what = "keys" if r.probe == "keys" else "update"
-            lines.append(f"    block {r.layer + 1} {what}: query token in its own top-k for {r.self_in_topk:.0%} of "
-                         f"(noun, head) pairs; distinct top-1 {r.distinct_top1:.0%}; most common top-1: "
-                         f"{r.common_top1}")
+            lines.append(f"    block {r.layer} {what.get(r.probe, r.probe)}: query token in its own top-k for "
+                         f"{r.self_in_topk:.0%} of (noun, head) pairs; distinct top-1 {r.distinct_top1:.0%}; "
+                         f"most common top-1: {r.common_top1}")
+    # attention biases
+    bp = rep.bias_probes
+    if len(bp):
+        for (l, b), g in bp[(bp["sign"] == "+")].groupby(["layer", "bias"], sort=True):
+            top1 = g[g["rank"] == 1]["token"].map(fmt_token).value_counts()
+            lines.append(f"  {b}-bias vector, block {l}: most common top-1 over heads: "
+                         + ", ".join(f"{t} ({c})" for t, c in top1.head(4).items()))
     # trajectory
     tr = rep.trajectory
     if tr is not None:
@@ -200,15 +274,16 @@ def model_findings(rep: ModelReport, n: int = 5) -> list[str]:
         first, last = nm[nm.layer == 0]["norm"], nm[nm.layer == L]["norm"]
         nn_ = nm["normed_norm"]
         lines.append(f"  trajectory of {len(tr.tokens)} tokens: median ||h|| {first.median():.3g} at the embedding, "
-                     f"{last.median():.3g} after block {L} (x{last.median() / first.median():.3g}); after the final "
-                     f"norm ||h|| = {nn_.mean():.3g} +- {nn_.std():.2g} (cv {nn_.std() / nn_.mean():.2g})")
+                     f"{last.median():.3g} after the last block (x{last.median() / first.median():.3g}); after the "
+                     f"final norm ||h|| = {nn_.mean():.3g} +- {nn_.std():.2g} (cv {nn_.std() / nn_.mean():.2g})")
         lens = tr.lens
         l0 = lens[lens.layer == 0]
         lL = lens[(lens.layer == L) & (lens.next_token != "")]
         mid = lens[lens.layer == L // 2]
-        lines.append(f"    logit lens: top-1 is the token itself at the embedding for {l0.is_self.mean():.0%} of positions; "
-                     f"the next token at block {L // 2} for {mid[mid.next_token != ''].is_next.mean():.0%} and after "
-                     f"block {L} for {lL.is_next.mean():.0%} (top-1 after the last block: "
+        lines.append(f"    logit lens: top-1 is the token itself at the embedding for {l0.is_self.mean():.0%} of "
+                     f"positions; "
+                     f"the next token after block {L // 2 - 1} for {mid[mid.next_token != ''].is_next.mean():.0%} and "
+                     f"after block {L - 1} for {lL.is_next.mean():.0%} (top-1 after the last block: "
                      f"{', '.join(fmt_token(t) for t in lL.top_token.head(12))}{', ...' if len(lL) > 12 else ''})")
     return lines
 

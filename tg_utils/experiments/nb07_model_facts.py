@@ -26,6 +26,18 @@ def probe_layers(n_layers: int, depths: Sequence[float] = (0.0, 0.5, 1.0)) -> li
     return sorted(out)
 
 
+def blocks_to_probe(n_layers: int, depths: Sequence[float] = (0.0, 0.5, 1.0),
+                    blocks: Sequence[int] | None = None) -> list[int]:
+    """The probed blocks: ``blocks`` (0-based indices, as the paper's 0, 5, 11 of GPT-2: svd_analysis.py:357-359,
+    common_nouns.py:137-145; unique, sorted) when given, else ``probe_layers(n_layers, depths)``."""
+    if blocks is None:
+        return probe_layers(n_layers, depths)
+    bad = [b for b in blocks if not 0 <= int(b) < n_layers]
+    if bad or not blocks:
+        raise ValueError(f"blocks {list(blocks)}: a model with {n_layers} blocks has indices 0..{n_layers - 1}")
+    return sorted({int(b) for b in blocks})
+
+
 def is_tied(desc) -> bool:
     """Whether the unembedding is the embedding matrix (same storage, or equal values)."""
     if desc.W_U is None:
@@ -52,30 +64,35 @@ def model_notes(desc) -> list[str]:
     fn = desc.final_norm
     kind = final_norm_kind(desc)
     if kind == "rms":
-        notes.append("final norm is an RMSNorm without bias: the 'bias' and 'both' embedding scorings do "
-                     "not exist (only norm and scaled_norm)"
+        notes.append("final norm is an RMSNorm without bias: of the paper's four embedding scorings only "
+                     "norm and scaled_norm exist ('bias' and 'both' need the bias beta, as do the variants)"
                      + ("; its scale is 1 + weight" if fn.weight_offset else ""))
     elif kind == "layer":
-        notes.append("final norm is a LayerNorm" + (" with bias: all four embedding scorings exist"
-                                                     if fn.bias is not None else " without bias"))
+        notes.append("final norm is a LayerNorm" + (" with bias: the paper's four embedding scorings exist"
+                                                     if fn.bias is not None else
+                                                     " without bias: only norm and scaled_norm exist"))
     else:
         notes.append("no final norm: scaled_norm equals norm and there is no bias score")
     notes.append("W_qk is positionless: rotary / learned position terms are left out (the score of two "
-                 "tokens at the same position); attention biases are left out")
+                 "tokens at the same position); the ellipse keys and the singular directions leave out the "
+                 "attention biases (as the paper); the bias terms are probed on their own")
     if desc.attn and desc.attn[0].q_norm is not None:
         notes.append("per-head q/k norms (RMSNorm on q and k, Gemma 3 style) are left out: W_qk is the "
                      "bilinear map before them, so key rankings are approximate")
     if desc.arch == "gemma3":
         notes.append("the sandwich norm on the attention output (post_attention_layernorm) is left out of "
-                     "the W_vo update read-out; embeddings enter the stream scaled by sqrt(d) (the norms "
-                     "make that irrelevant to the probes)")
+                     "the ellipse value read-out; embeddings enter the stream scaled by sqrt(d) (the residual "
+                     "of the value read-out is W_E[t] * sqrt(d); the input norms make the scale irrelevant "
+                     "to the other probes)")
     if desc.n_kv_heads != desc.n_heads:
         notes.append(f"grouped-query attention: {desc.n_heads} query heads share {desc.n_kv_heads} key/value "
                      f"heads (query head -> kv head: {desc.kv_head_map.tolist()})")
     if desc.norm_placement == "post":
         notes.append("post-norm blocks read the un-normalised stream: the QK probe uses the raw embeddings")
     notes.append("embeddings tied (W_U = W_E^T)" if is_tied(desc) else
-                 "embeddings untied: the norm scorings are given for the unembedding rows and the embedding")
+                 "embeddings untied: the norm scorings are given for the embedding (the paper's wte) and the "
+                 "unembedding rows; the paper reads the W_vo output directions and the ellipse values against "
+                 "the embedding (readout_matrix 'embedding'), the logit reading would use the unembedding")
     if desc.quantized_from:
         notes.append(f"weights dequantised from {desc.quantized_from}: the quantised model's geometry")
     return notes

@@ -312,26 +312,40 @@ class TrajectoryParams(NotebookParams):
 @register("07_attention_geometry")
 @dataclass
 class AttentionGeometryParams(NotebookParams):
-    """Attention geometry after "Traveling Words": embedding-norm tokens, per-head W_qk / W_vo SVD, the
-    attention-ellipse probe and a phrase's UMAP trajectory, for the toy Standard and LLaMA-style models,
-    SmolLM2 and Gemma-3 (tg_utils.attn_report)."""
+    """Attention geometry after "Traveling Words" (Molina 2023): embedding-norm tokens, per-head W_qk / W_vo
+    SVD, the attention-ellipse probe, the attention-bias probes, the LayerNorm distance table and a phrase's
+    UMAP trajectory (tg_utils.experiments.nb07_attention_geometry). The defaults are the paper's procedures
+    (its code: santiag0m/traveling-words); each variant of this repository is a named option."""
     models: list[str] = field(default_factory=lambda: [
         "toy:standard-preln", "toy:llama-preln", "smollm2-135m", "gemma3-270m"])
+    blocks: list[int] | None = None      # probed blocks, 0-based (the paper: 0, 5, 11 of GPT-2); None: depths
     depths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])   # probed blocks, relative depth
-    top_k: int = 10                      # tokens in every top / bottom list
-    n_components: int = 3                # singular directions probed per head (sign-aligned ones)
+    top_k: int = 5                       # tokens in every top / bottom list (the paper: 5)
+    n_components: int = 20               # singular directions probed per head (the paper: 20)
     coverage_level: float = 0.99         # cumulative sigma^2 coverage whose rank is reported
-    nouns_path: str = "data/common_nouns.txt"
+    nouns_path: str = "data/traveling_words_nouns.txt"   # the paper's COMMON_NOUNS.txt
     n_nouns: int = 100                   # the first n nouns of the list (then the single-token filter)
-    ellipse_heads: int | None = 4        # ellipse probe on the first n query heads of a block (None: all)
-    show_nouns: list[str] = field(default_factory=lambda: ["water", "king", "music", "dog"])
+    noun_prefix: str = ""                # "": the bare noun (the paper); " ": the in-context form (variant)
+    ellipse_heads: int | None = None     # ellipse probe's per-head rows on the first n heads (None: all, the paper)
+    ellipse_readout: str = "paper"       # "paper": ln_f(e + u_h + b_O), per head and summed; "update": u_h alone
+    readout_matrix: str = "embedding"    # values / W_vo outputs read against "embedding" (paper) or "unembedding"
+    sign_side: str = "key"               # W_qk sign set on the "key" side (paper) or the "query" side (variant)
+    show_nouns: list[str] = field(default_factory=lambda: ["time", "world", "house", "water"])
     show_heads: int = 2                  # heads shown in the notebook's direction tables (all are saved)
-    phrase: str = "The quick brown fox jumps over the lazy dog"
-    umap_n_fit: int = 5000               # embedding rows the UMAP is fitted on (seeded subsample)
+    show_head: int = 0                   # the head whose top keys the ellipse figure shows
+    phrase: str = "To kill two birds with one stone"     # the paper's (trajectory.py:202)
+    umap_rows: str = "first"             # "first" n_fit rows of W_E (paper) | "random" seeded sample (variant)
+    umap_metric: str = "euclidean"       # "euclidean" (paper) | "cosine" (variant)
+    umap_init: str = "spectral"          # "spectral": sklearn SpectralEmbedding start (paper) | "umap" (variant)
+    umap_n_fit: int = 10000              # embedding rows the UMAP is fitted on (the paper: the first 10 000)
     umap_neighbors: int = 15
-    umap_epochs: int = 200
+    umap_epochs: int | None = None       # None: UMAP's default (500 up to 10 000 rows), as the paper
     device: str = "cpu"
     dtype: str = "float32"
+
+    CHOICES = {"ellipse_readout": ("paper", "update"), "readout_matrix": ("embedding", "unembedding"),
+               "sign_side": ("key", "query"), "umap_rows": ("first", "random"),
+               "umap_metric": ("euclidean", "cosine"), "umap_init": ("spectral", "umap")}
 
     def check(self) -> None:
         super().check()
@@ -341,8 +355,16 @@ class AttentionGeometryParams(NotebookParams):
             raise ParameterError("parameter 'models' must name at least one model")
         self.positive("top_k", "n_components", "n_nouns", "ellipse_heads", "show_heads", "umap_neighbors",
                       "umap_epochs")
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ParameterError(f"parameter {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if not self.depths or any(not 0.0 <= x <= 1.0 for x in self.depths):
             raise ParameterError(f"parameter 'depths' holds relative depths in [0, 1], got {self.depths}")
+        if self.blocks is not None and (not self.blocks or any(int(b) < 0 for b in self.blocks)):
+            raise ParameterError(f"parameter 'blocks' holds 0-based block indices (or null: use depths), "
+                                 f"got {self.blocks}")
+        if self.show_head < 0:
+            raise ParameterError(f"parameter 'show_head' must be a head index >= 0, got {self.show_head}")
         if not 0.0 < self.coverage_level <= 1.0:
             raise ParameterError(f"parameter 'coverage_level' must be in (0, 1], got {self.coverage_level}")
         if not self.phrase.strip():

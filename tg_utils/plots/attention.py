@@ -1,5 +1,7 @@
-"""Figures of notebook 07 (attention geometry): cumulative singular-value coverage and rank of the heads,
-the phrase trajectories in the embedding UMAP, and the state norms through the layers. The trajectory
+"""Figures of notebook 07 (attention geometry): the embedding-norm scorings (norm against bias term per token),
+the attention-ellipse probe (the nouns' top keys and value targets per block), cumulative singular-value
+coverage and rank of the heads, the phrase trajectories in the embedding UMAP, and the state norms through
+the layers. The trajectory
 figures take the notebook's reports (label -> ``experiments.nb07_attention_geometry.ModelReport``; they read
 only ``.label``, ``.spec`` and ``.trajectory``)."""
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pandas as pd
 from ..weights.vocab import fmt_token
 
 PROBE_NAMES = {0: "first", 1: "middle", 2: "last"}
+STAGE_NORMED = "final-normed"          # nb07_trajectory's stage of the final-normed states
 LAYER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
@@ -68,8 +71,9 @@ def plot_coverage(tables: dict[str, pd.DataFrame], level: float | None = None):
 
 def plot_trajectories(reports: dict, max_background: int = 2000, seed: int = 0):
     """Per model (rows): the phrase's final-normed states in the 3-D embedding UMAP as three 2-D projections
-    (x-y, x-z, y-z); grey = fitted embedding rows (at most ``max_background``), one coloured path per token from the embedding (circle) to
-    the last block (star, labelled). Returns (fig, tidy coordinates)."""
+    (x-y, x-z, y-z); grey = fitted embedding rows (at most ``max_background``), one coloured path per token
+    from the embedding (circle) to the last block (star, labelled); dark crosses: the raw token embeddings
+    and token + position embeddings (the paper's input panel). Returns (fig, tidy coordinates)."""
     reps = [r for r in reports.values() if r.trajectory is not None]
     fig, axes = plt.subplots(len(reps), 3, figsize=(12.0, 3.7 * len(reps)), squeeze=False)
     rng = np.random.default_rng(seed)
@@ -81,11 +85,16 @@ def plot_trajectories(reports: dict, max_background: int = 2000, seed: int = 0):
         if len(bg) > max_background:
             bg = bg[rng.choice(len(bg), max_background, replace=False)]
         tidy.append(tr.coords.assign(model=rep.spec, label=rep.label))
+        co = tr.coords[tr.coords["stage"] == STAGE_NORMED] if "stage" in tr.coords else tr.coords
+        raw = tr.coords[tr.coords["stage"] != STAGE_NORMED] if "stage" in tr.coords else co.iloc[:0]
         for j, (a, b) in enumerate((("x", "y"), ("x", "z"), ("y", "z"))):
             ax = axes[i][j]
             ia, ib = "xyz".index(a), "xyz".index(b)
             ax.scatter(bg[:, ia], bg[:, ib], s=1, color="0.8", alpha=0.4, rasterized=True)
-            for p, g in tr.coords.groupby("position"):
+            for stage, marker in zip(dict.fromkeys(raw["stage"]), ("x", "+")):
+                g = raw[raw["stage"] == stage]
+                ax.scatter(g[a], g[b], s=18, marker=marker, color="0.3", label=f"{stage} (raw)" if j == 0 else None)
+            for p, g in co.groupby("position"):
                 g = g.sort_values("layer")
                 col = cmap(p % cmap.N)
                 ax.plot(g[a], g[b], "-", color=col, lw=1.0, alpha=0.9)
@@ -98,7 +107,9 @@ def plot_trajectories(reports: dict, max_background: int = 2000, seed: int = 0):
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_title(f"{rep.label}: {len(tr.coords.layer.unique())} states per token", fontsize=9)
+                ax.set_title(f"{rep.label}: {len(co.layer.unique())} states per token", fontsize=9)
+                if len(raw):
+                    ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     return fig, pd.concat(tidy, ignore_index=True)
 
@@ -120,5 +131,91 @@ def plot_state_norms(reports: dict):
         ax.set_yscale("log")
         ax.set(title=rep.label, xlabel="state (0 = embedding, l = after block l)", ylabel="||h||")
     axes[0][0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig, pd.concat(tidy, ignore_index=True)
+
+
+def plot_norm_scorings(tables: dict[str, pd.DataFrame], n_label: int = 5):
+    """Per model: every token's norm term against its bias term (Traveling Words, word_embeddings.py): x =
+    ||gamma * e||, y = beta . e, colour = the paper's "both" (x + y); the dashed line x + y = c passes through
+    the n_label-th highest "both", so the tokens right of it are its top list (labelled, red) and the tokens
+    left of the line through the n_label-th lowest its bottom list (labelled, blue). A model whose final norm
+    has no bias (RMSNorm): ||e|| against ||gamma * e||, the top tokens of the scaled norm labelled.
+    Returns (fig, tidy: the points drawn, with columns x, y, x_name, y_name and the labelled side)."""
+    pts = tables["norm_points"]
+    labels = list(dict.fromkeys(pts["label"]))
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.6 * len(labels), 4.2), squeeze=False)
+    tidy = []
+    for ax, lab in zip(axes[0], labels):
+        g = pts[pts["label"] == lab].copy()
+        has_bias = g["bias_term"].notna().any()
+        if has_bias:
+            xn, yn, sn = "scaled_norm", "bias_term", "both"
+        else:
+            xn, yn, sn = "norm", "scaled_norm", "scaled_norm"
+        g["x"], g["y"], g["x_name"], g["y_name"] = g[xn], g[yn], xn, yn
+        order = g.sort_values([sn, "token_id"], ascending=[False, True])
+        top, bottom = order.head(n_label), order.tail(n_label)
+        g["labelled"] = np.where(g.token_id.isin(top.token_id), "top", np.where(g.token_id.isin(bottom.token_id),
+                                                                                 "bottom", ""))
+        sc = ax.scatter(g["x"], g["y"], c=g[sn], s=2, cmap="viridis", alpha=0.6, rasterized=True)
+        fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02).set_label(sn, fontsize=7)
+        for part, col in ((top, "tab:red"), (bottom, "tab:blue")):
+            ax.scatter(part[xn], part[yn], s=14, facecolor="none", edgecolor=col)
+            for _, r in part.iterrows():
+                ax.annotate(fmt_token(r["token"]), (r[xn], r[yn]), fontsize=6, color=col, xytext=(2, 2),
+                            textcoords="offset points")
+        if has_bias:
+            xs = np.linspace(g["x"].min(), g["x"].max(), 2)
+            for c, col in ((top[sn].min(), "tab:red"), (bottom[sn].max(), "tab:blue")):
+                ax.plot(xs, c - xs, ls="--", lw=0.7, color=col)
+            ax.set_ylim(g["y"].min() - 0.05 * np.ptp(g["y"]), g["y"].max() + 0.05 * np.ptp(g["y"]))
+        title = f"{lab} ({g['matrix'].iloc[0]})" + ("" if has_bias else ": no bias (RMSNorm)")
+        ax.set(title=title, xlabel="||gamma * e||" if has_bias else "||e||",
+               ylabel="beta . e" if has_bias else "||gamma * e||")
+        ax.title.set_fontsize(9)
+        tidy.append(g)
+    fig.tight_layout()
+    return fig, pd.concat(tidy, ignore_index=True)
+
+
+def plot_ellipse(tables: dict[str, pd.DataFrame], nouns: Sequence[str], head: int = 0, n: int = 3):
+    """Per model (rows): two token tables, nouns (rows) x probed blocks (columns), from the attention-ellipse
+    probe (Traveling Words, common_nouns.py): the noun's top ``n`` keys of head ``head``, and the tokens the
+    block moves the noun toward (the paper's read-out summed over heads, "values_sum"; with the variant
+    read-out, head ``head``'s "update"). Nouns that are not one token under a model are left out of its
+    row. Returns (fig, tidy: the tokens shown)."""
+    ell = tables["ellipse"]
+    labels = list(dict.fromkeys(ell["label"]))
+    nouns = list(nouns)
+    fig, axes = plt.subplots(len(labels), 2, figsize=(13.0, 0.9 + 0.34 * (len(nouns) + 1) * len(labels) * 1.6),
+                             squeeze=False)
+    tidy = []
+    for i, lab in enumerate(labels):
+        e = ell[(ell["label"] == lab) & ell["noun"].isin(nouns) & (ell["rank"] <= n)]
+        vprobe = "values_sum" if (e["probe"] == "values_sum").any() else "update"
+        panels = (("keys", head, f"top keys, head {head}"),
+                  (vprobe, -1 if vprobe == "values_sum" else head,
+                   "values: ln_f(e + sum of heads' updates + b_O)" if vprobe == "values_sum"
+                   else f"update of head {head} (variant read-out)"))
+        for j, (probe, h, what) in enumerate(panels):
+            ax = axes[i][j]
+            ax.axis("off")
+            d = e[(e["probe"] == probe) & (e["head"] == h)]
+            tidy.append(d)
+            blocks = sorted(d["layer"].unique())
+            rows = [r for r in nouns if r in set(d["noun"])]
+            if not rows:
+                ax.set_title(f"{lab}: {what} (none of the nouns is one token)", fontsize=8)
+                continue
+            cell = (d.sort_values("rank").groupby(["noun", "layer"])["token"]
+                     .apply(lambda s: ", ".join(fmt_token(t) for t in s)))
+            text = [[cell.get((r, b), "") for b in blocks] for r in rows]
+            tab = ax.table(cellText=text, rowLabels=rows, colLabels=[f"block {b}" for b in blocks],
+                           loc="center", cellLoc="left")
+            tab.auto_set_font_size(False)
+            tab.set_fontsize(7)
+            tab.scale(1.0, 1.25)
+            ax.set_title(f"{lab}: {what}", fontsize=8)
     fig.tight_layout()
     return fig, pd.concat(tidy, ignore_index=True)

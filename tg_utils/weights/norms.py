@@ -13,11 +13,16 @@ A norm is standardisation followed by an affine map: ``standardised_rows`` does 
 whole embedding matrix (RMSNorm: e * rsqrt(mean(e^2) + eps); LayerNorm: (e - mean) * rsqrt(var + eps)),
 ``affine`` is the second (times the effective weight, plus the bias), so that every block's input norm
 of W_E is ``affine(scale, bias)(standardised_rows(W_E, kind, eps))``.
+
+``layernorm_distance_table``: the paper's table of distances between the embedding rows (centred and / or
+scaled) and their LayerNorm images (Traveling Words, word_embeddings.py:91-130).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -94,3 +99,41 @@ def affine(scale: Tensor | None, bias: Tensor | None) -> Callable[[Tensor], Tens
         out = R if s is None else R * s.to(R.device, R.dtype)
         return out if b is None else out + b.to(R.device, R.dtype)
     return f
+
+
+LAYERNORM_SETTINGS = ("original", "centered", "scaled", "centered_scaled")
+
+
+def layernorm_distance_table(E, eps: float = 1e-5, chunk: int = 16384) -> dict[str, np.ndarray]:
+    """How far the embedding rows are from their LayerNorm images, after Traveling Words
+    (word_embeddings.py:91-130, ``normalize_word_embeddings``): with n = layer_norm(e) (no weight, no bias,
+    eps 1e-5 as torch's default, line 110), the rows e compared four ways, "original" e, "centered"
+    e - c (c = the mean embedding row, the mean over tokens, line 104), "scaled" e * s and
+    "centered_scaled" (e - c) * s, s = sqrt(d) / mean_t ||e_t|| (lines 98-99): per row the L2 distance
+    ||x - n|| and the cosine distance 1 - cos(x, n) (cos with each norm floored at 1e-8, as
+    torch.nn.functional.cosine_similarity), their mean and standard deviation over rows (the latter with
+    Bessel's correction, torch.std's default; lines 12-21). Float64 (the paper: float32).
+    Columns: setting, mean_l2_distance, l2_std_dev, mean_cosine_distance, cosine_std_dev, avg_norm,
+    scale_factor."""
+    E = E.detach() if isinstance(E, torch.Tensor) else torch.as_tensor(np.asarray(E))
+    V, d = E.shape
+    norms = torch.cat([torch.linalg.vector_norm(E[i:i + chunk].to(torch.float64), dim=1)
+                       for i in range(0, V, chunk)])
+    avg_norm = float(norms.mean())
+    s = math.sqrt(d) / avg_norm
+    center = sum(E[i:i + chunk].to(torch.float64).sum(0) for i in range(0, V, chunk)) / V
+    l2 = torch.empty(len(LAYERNORM_SETTINGS), V, dtype=torch.float64)
+    cos = torch.empty_like(l2)
+    for i in range(0, V, chunk):
+        e = E[i:i + chunk].to(torch.float64)
+        n = layer_norm(e, eps=eps)
+        n_len = torch.linalg.vector_norm(n, dim=1).clamp_min(1e-8)
+        for k, x in enumerate((e, e - center, e * s, (e - center) * s)):
+            l2[k, i:i + chunk] = torch.linalg.vector_norm(x - n, dim=1)
+            x_len = torch.linalg.vector_norm(x, dim=1).clamp_min(1e-8)
+            cos[k, i:i + chunk] = 1.0 - (x * n).sum(1) / (x_len * n_len)
+    return {"setting": np.asarray(LAYERNORM_SETTINGS, dtype=object),
+            "mean_l2_distance": l2.mean(1).numpy(), "l2_std_dev": l2.std(1).numpy(),
+            "mean_cosine_distance": cos.mean(1).numpy(), "cosine_std_dev": cos.std(1).numpy(),
+            "avg_norm": np.full(len(LAYERNORM_SETTINGS), avg_norm),
+            "scale_factor": np.full(len(LAYERNORM_SETTINGS), s)}

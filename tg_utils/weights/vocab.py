@@ -2,21 +2,30 @@
 vectors (``vocab_extremes``), the embedding-norm scorings of every token, token strings, and the nouns
 that are a single token. Results are tensors, arrays or dicts of equal-length columns (no pandas).
 
-Embedding norms (``embedding_norm_scores``), per token row e (all float64):
-    norm         ||e||
-    scaled_norm  ||g * e||       g = the final norm's *effective* weight (Gemma: 1 + w); g = 1 if None
-    bias         b . e           b = the final norm's bias; None for RMSNorm (it has no bias)
-    both         sqrt(d) * ||g * e|| + b . e    (None without a bias)
-Why that combination: the logit of token t is (g * x_hat + b) . e_t = x_hat . (g * e_t) + b . e_t
+Embedding norms (``embedding_norm_scores``), per token row e (all float64), with g the final norm's
+*effective* weight (Gemma: 1 + w; g = 1 if None) and b its bias (None for RMSNorm). The paper's four
+settings (Traveling Words, word_embeddings.py:28-57, ``inspect_top_and_bottom_k``: the bias score
+beta . e is taken on the unscaled e, line 39; the scaling replaces e by gamma * e, line 42; the bias score
+is added to the norm, lines 44-46):
+    norm         ||e||                 paper setting "original"
+    scaled_norm  ||g * e||             paper setting "scale"
+    bias         ||e|| + b . e         paper setting "bias"            (None without a bias)
+    both         ||g * e|| + b . e     paper setting "bias_and_scale"  (None without a bias)
+and two variants of this repository, labelled as such (``SCORINGS``):
+    bias_term    b . e                              the bias term alone
+    max_logit    sqrt(d) * ||g * e|| + b . e        the largest logit a token can reach
+Why the variant max_logit: the logit of token t is (g * x_hat + b) . e_t = x_hat . (g * e_t) + b . e_t
 where x_hat is the normalised state, of norm sqrt(d) (RMSNorm: rms 1; LayerNorm: mean 0, variance 1).
 Its maximum over x_hat is sqrt(d) ||g * e_t|| + b . e_t (exact for RMSNorm; for LayerNorm, whose
-x_hat is also orthogonal to the all-ones vector, an upper bound). So "both" is the largest logit a
-token can reach, the quantity whose top and bottom tokens the two terms compete for. ``radius``
+x_hat is also orthogonal to the all-ones vector, an upper bound): the paper's "both" adds the two terms
+at the scale of a unit-norm state instead, so the bias weighs sqrt(d) times more there. ``radius``
 overrides sqrt(d). For untied models the logit reading holds for the unembedding rows (W_U.T).
 
-Query words (``single_token_nouns``): a noun is kept iff ``prefix + noun`` (default prefix " ", the
-in-context form inside a sentence) encodes, without special tokens, to exactly one token id; that id
-is the query token of the attention-ellipse probe (``probe.block_probe``).
+Query words (``single_token_nouns``): a noun is kept iff ``prefix + noun`` encodes, without special tokens,
+to exactly one token id; that id is the query token of the attention-ellipse probe (``probe.block_probe``).
+Default prefix "": the bare noun, as the paper encodes it (common_nouns.py:28-33, ``encode(noun)`` with
+tiktoken, no special tokens); the variant " " is the in-context form inside a sentence, for tokenizers
+whose vocabulary holds few bare words.
 
 Scans run in float32 (``SCAN_DTYPE``) over ``CHUNK`` vocabulary rows at a time; the SVDs are float64.
 """
@@ -86,28 +95,46 @@ def vocab_extremes(vectors, rows, k: int = 10, norm=None, chunk: int = CHUNK,
 
 # ============================================================================ embedding norms
 
+# name -> (procedure, definition): "paper" for the four settings of word_embeddings.py, "variant" for ours
+SCORINGS = {
+    "norm": ("paper", "||e|| (paper setting 'original')"),
+    "scaled_norm": ("paper", "||gamma * e|| (paper setting 'scale')"),
+    "bias": ("paper", "||e|| + beta . e (paper setting 'bias')"),
+    "both": ("paper", "||gamma * e|| + beta . e (paper setting 'bias_and_scale')"),
+    "bias_term": ("variant", "beta . e alone (the bias term of 'bias' and 'both')"),
+    "max_logit": ("variant", "sqrt(d) ||gamma * e|| + beta . e (the largest logit reachable from a normalised "
+                             "state)"),
+}
+PAPER_SETTINGS = {"norm": "original", "scaled_norm": "scale", "bias": "bias", "both": "bias_and_scale"}
+
+
 @dataclass(frozen=True)
 class EmbeddingNormScores:
-    """The four token scorings of ``embedding_norm_scores`` (float64 arrays [vocab], or None)."""
+    """The token scorings of ``embedding_norm_scores`` (float64 arrays [vocab], or None where the final
+    norm has no bias): the paper's four (norm, scaled_norm, bias, both) and the variants bias_term and
+    max_logit (see the module docstring)."""
     norm: np.ndarray
     scaled_norm: np.ndarray
     bias: np.ndarray | None
     both: np.ndarray | None
+    bias_term: np.ndarray | None
+    max_logit: np.ndarray | None
     radius: float
     note: str = ""
 
-    def as_dict(self) -> dict[str, np.ndarray]:
-        """The scorings that exist, in the order norm, scaled_norm, bias, both."""
-        d = {"norm": self.norm, "scaled_norm": self.scaled_norm, "bias": self.bias, "both": self.both}
+    def as_dict(self, variants: bool = True) -> dict[str, np.ndarray]:
+        """The scorings that exist, in the order of ``SCORINGS`` (variants: include bias_term, max_logit)."""
+        d = {name: getattr(self, name) for name, (proc, _) in SCORINGS.items() if variants or proc == "paper"}
         return {k: v for k, v in d.items() if v is not None}
 
 
 def embedding_norm_scores(W_E, norm_weight=None, norm_bias=None, radius: float | None = None,
                           chunk: int = CHUNK) -> EmbeddingNormScores:
-    """Score every embedding row e (W_E [vocab, d]): ||e||, ||g * e||, b . e and sqrt(d) ||g * e|| + b . e
-    (see the module docstring for why). ``norm_weight`` g is the final norm's effective weight (Gemma:
-    1 + w), ``norm_bias`` b its bias; without a bias (RMSNorm) ``bias`` and ``both`` are None and
-    ``note`` says so. ``radius`` (default sqrt(d)) is the norm of a normalised state."""
+    """Score every embedding row e (W_E [vocab, d]) by the paper's four settings, ||e||, ||g * e||,
+    ||e|| + b . e and ||g * e|| + b . e, and the variants b . e and sqrt(d) ||g * e|| + b . e (see the
+    module docstring). ``norm_weight`` g is the final norm's effective weight (Gemma: 1 + w), ``norm_bias``
+    b its bias; without a bias (RMSNorm) every scoring with b is None and ``note`` says so. ``radius``
+    (default sqrt(d)) is the norm of a normalised state (max_logit only)."""
     W = tensor(W_E)
     V, d = W.shape
     g = None if norm_weight is None else tensor(norm_weight, torch.float64).to(W.device)
@@ -118,28 +145,29 @@ def embedding_norm_scores(W_E, norm_weight=None, norm_bias=None, radius: float |
     r = math.sqrt(d) if radius is None else float(radius)
     norm = np.empty(V)
     scaled = np.empty(V)
-    bias = None if b is None else np.empty(V)
+    bias_term = None if b is None else np.empty(V)
     for i, j in chunks(V, chunk):
         e = W[i:j].to(torch.float64)
         norm[i:j] = torch.linalg.vector_norm(e, dim=1).cpu().numpy()
         scaled[i:j] = (norm[i:j] if g is None
                        else torch.linalg.vector_norm(e * g, dim=1).cpu().numpy())
         if b is not None:
-            bias[i:j] = (e @ b).cpu().numpy()
+            bias_term[i:j] = (e @ b).cpu().numpy()           # on the unscaled e (word_embeddings.py:39)
     notes = []
     if g is None:
         notes.append("no final-norm weight: scaled_norm equals norm")
     if b is None:
         notes.append("the final norm has no bias (RMSNorm, or a LayerNorm without bias): "
-                     "the bias and both scorings do not exist")
-    both = None if bias is None else r * scaled + bias
-    return EmbeddingNormScores(norm=norm, scaled_norm=scaled, bias=bias, both=both, radius=r,
-                               note="; ".join(notes))
+                     "the scorings with the bias (bias, both, bias_term, max_logit) do not exist")
+    with_b = (lambda x: None) if bias_term is None else (lambda x: x + bias_term)
+    return EmbeddingNormScores(norm=norm, scaled_norm=scaled, bias=with_b(norm), both=with_b(scaled),
+                               bias_term=bias_term, max_logit=with_b(r * scaled), radius=r, note="; ".join(notes))
 
 
 def top_bottom_tokens(scores, tokenizer=None, k: int = 10) -> dict[str, np.ndarray]:
     """Columns of the k highest (side "top", rank 1 = highest) and k lowest (side "bottom", rank 1 =
-    lowest) tokens of each scoring. ``scores``: an EmbeddingNormScores (only the scorings that exist), a
+    lowest: the paper's "Bottom 1", word_embeddings.py:47-48, 73-79) tokens of each scoring. ``scores``: an
+    EmbeddingNormScores (only the scorings that exist, variants included), a
     mapping name -> array [vocab] (None values skipped), or one array (scoring "score"). NaN scores
     are left out; ties go to the lower token id. Columns: scoring, rank, side, token_id, token,
     token_raw, score."""
@@ -204,9 +232,10 @@ def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def single_token_nouns(tokenizer, nouns: Sequence[str], prefix: str = " ") -> dict[str, np.ndarray]:
-    """The nouns that are exactly one token in their in-context form: ``prefix + noun`` (default " noun",
-    as inside a sentence) encoded without special tokens gives exactly one id. Duplicates (a noun
+def single_token_nouns(tokenizer, nouns: Sequence[str], prefix: str = "") -> dict[str, np.ndarray]:
+    """The nouns that are exactly one token: ``prefix + noun`` (default "": the bare noun, as the paper's
+    common_nouns.py:28-33; " ": the in-context form inside a sentence) encoded without special tokens
+    gives exactly one id. Duplicates (a noun
     listed twice) are kept once; order follows ``nouns``. Columns: noun, token_id, token (decoded)."""
     uniq = list(dict.fromkeys(n.strip() for n in nouns if n.strip()))
     ids = _encode(tokenizer, [prefix + n for n in uniq])
