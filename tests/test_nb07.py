@@ -241,9 +241,9 @@ def test_embedding_norm_table_schema():
 
 def test_coverage_tables_schema():
     desc = describe(tiny_llama_gqa())
-    cov, curves = X.coverage_tables(desc, 0.9)
-    assert list(cov.columns) == ["layer", "kind", "head", "n_singular", "rank_at_level", "level", "sigma_1",
-                                 "frobenius", "d_head"]
+    cov, curves = X.coverage_tables(desc, 0.9, of="sigma2")
+    assert list(cov.columns) == ["layer", "kind", "head", "n_singular", "rank_at_level", "percent_of_features",
+                                 "level", "coverage_of", "sigma_1", "frobenius", "d_head"]
     assert len(cov) == desc.n_layers * 2 * desc.n_heads
     assert cov.rank_at_level.between(1, desc.d_head).all() and (cov.level == 0.9).all()
     assert list(curves.columns) == ["layer", "kind", "head", "rank", "sigma", "coverage"]
@@ -255,6 +255,10 @@ def test_coverage_tables_schema():
     ref = W.rank_at_coverage(torch.linalg.svdvals(dense)[:, :desc.d_head], 0.9)
     got = cov[(cov.layer == 2) & (cov.kind == "vo")].sort_values("head").rank_at_level
     assert got.tolist() == ref.tolist()
+    paper, _ = X.coverage_tables(desc, 0.9)                                 # the paper's: coverage of sigma
+    S = torch.linalg.svdvals(dense)[:, :desc.d_head].numpy()
+    ref = [int(np.argmax(np.cumsum(s) / s.sum() > 0.9)) + 1 for s in S]    # utils/plot_utils.py:123-128
+    assert paper[(paper.layer == 2) & (paper.kind == "vo")].sort_values("head").rank_at_level.tolist() == ref
 
 
 def test_common_nouns_file():
@@ -287,7 +291,7 @@ def test_parameter_checks():
                 dict(dtype="int8"), dict(phrase="  "), dict(models=["not a spec!"]), dict(ellipse_heads=0),
                 dict(nouns_path="data/no_such_file.txt"), dict(sign_side="left"), dict(ellipse_readout="x"),
                 dict(readout_matrix="W_U"), dict(umap_metric="l1"), dict(umap_rows="last"), dict(umap_init="pca"),
-                dict(blocks=[]), dict(blocks=[-1]), dict(umap_epochs=0)):
+                dict(blocks=[]), dict(blocks=[-1]), dict(umap_epochs=0), dict(coverage_of="s")):
         with pytest.raises(ParameterError):
             cls.from_dict(bad, "07_attention_geometry")
     assert cls.from_dict({"ellipse_heads": None}).ellipse_heads is None
@@ -296,6 +300,7 @@ def test_parameter_checks():
             P.ellipse_heads, P.umap_rows, P.umap_metric, P.umap_init, P.umap_n_fit, P.umap_epochs, P.phrase) == (
         5, 20, "key", "paper", "embedding", "", None, "first", "euclidean", "spectral", 10000, None,
         "To kill two birds with one stone")
+    assert P.coverage_of == "sigma" and P.coverage_level == 0.99
     assert MF.blocks_to_probe(12, P.depths, [11, 0, 5]) == [0, 5, 11]
 
 
@@ -413,7 +418,7 @@ def test_end_to_end_on_toy_checkpoints(toy_out, toy_tokenizer, monkeypatch):
     assert not F.ellipse_summary(T).empty and list(F.lens_view(T, "llama-preln (toy)").index) == list(range(5))
     text = F.findings_text(reports)
     assert "standard-preln (toy)" in text and "llama-preln (toy)" in text and "||gamma e|| + beta.e" in text
-    assert "no bias scorings" in text and "rank at 99%" in text
+    assert "no bias scorings" in text and "rank at 99% coverage of sigma" in text
     assert not F.bias_view(T).empty
     for fig_fn in (lambda: PA.plot_coverage(T), lambda: PA.plot_trajectories(reports),
                    lambda: PA.plot_state_norms(reports), lambda: PA.plot_norm_scorings(T),

@@ -267,6 +267,18 @@ def test_coverage_and_rank():
     assert t["rank_at_level"].tolist() == [3, 1, 0] and t["head"].tolist() == [0, 1, 2]
     curve = pd.DataFrame(W.coverage_curve(S, "qk"))
     assert len(curve) == 12 and curve["rank"].tolist()[:4] == [1, 2, 3, 4]
+    # the paper's coverage (utils/plot_utils.py:123-128): of sigma, the first index strictly above the level
+    sig = W.singular_value_coverage(S, of="sigma")
+    torch.testing.assert_close(sig[0], torch.tensor([3 / 6, 5 / 6, 1.0, 1.0], dtype=torch.float64))
+    for level in (0.5, 0.8, 5 / 6, 0.99):
+        paper = int(np.argmax(np.cumsum(S[0].numpy()) / S[0].sum().item() > level)) + 1
+        assert W.rank_at_coverage(S[0], level, of="sigma").item() == paper, level
+    assert W.rank_at_coverage(S[0], 0.5, of="sigma").item() == 2                # 1/2 is not above 1/2
+    t = W.coverage_table(S, "qk", 0.99, of="sigma")
+    assert t["rank_at_level"].tolist() == [3, 1, 0] and t["coverage_of"].tolist() == ["sigma"] * 3
+    np.testing.assert_allclose(t["percent_of_features"][:2], [100 * 2 / 3, 0.0])  # np.linspace(0, 1, k)[r - 1]
+    with pytest.raises(ValueError):
+        W.singular_value_coverage(S, of="sigma3")
 
 
 # ----------------------------------------------------------------------------- embedding norms

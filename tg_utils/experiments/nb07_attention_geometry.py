@@ -18,7 +18,8 @@ named option and its rows or parameters say so. Per model (``analyse_model``):
 - Distances to the LayerNorm images (``layernorm_distance_frame``; word_embeddings.py:91-130): for models
   whose norms are LayerNorms; RMSNorm models: not computed (a note says why).
 - Per-head SVD (``coverage_tables``, ``layer_probe``; svd_analysis.py:203-311): W_qk and W_vo per query
-  head through the factors; every block's singular values give the cumulative coverage and the rank at
+  head through the factors; every block's singular values give the cumulative coverage (``coverage_of``:
+  "sigma" the paper's, utils/plot_utils.py:123-128; "sigma2" the variant) and the rank at
   ``coverage_level``; for the probed blocks (``blocks``, else ``depths``) ``weights.block_probe`` reads the
   top ``n_components`` sign-aligned singular pairs against the vocabulary (``sign_side``: "key" the paper,
   "query" the variant).
@@ -170,20 +171,21 @@ def layernorm_distance_frame(desc) -> tuple[pd.DataFrame, str]:
 
 # ============================================================================ per-head SVD and probes
 
-def coverage_tables(desc, level: float = COVERAGE_LEVEL) -> tuple[pd.DataFrame, pd.DataFrame]:
+def coverage_tables(desc, level: float = COVERAGE_LEVEL, of: str = "sigma") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Singular values of every block's per-head W_qk and W_vo (``weights.singular_values``: through the
-    factors; signs are irrelevant here). Returns (coverage [layer, kind, head, n_singular, rank_at_level,
-    level, sigma_1, frobenius, d_head], curves [layer, kind, head, rank, sigma, coverage]). The paper plots
-    the coverage of sigma (utils/plot_utils.py:123-124); here it is of sigma^2 (Eckart-Young)."""
+    factors; signs are irrelevant here) and their cumulative coverage, of sigma (``of="sigma"``, the paper's
+    utils/plot_utils.py:123-128) or of sigma^2 ("sigma2", the variant: Eckart-Young). Returns (coverage [layer,
+    kind, head, n_singular, rank_at_level, percent_of_features, level, coverage_of, sigma_1, frobenius,
+    d_head], curves [layer, kind, head, rank, sigma, coverage])."""
     cov, curves = [], []
     for l, a in enumerate(desc.attn):
         for kind, fm in (("qk", qk_factors(a.W_Q, a.W_K, desc.kv_head_map, desc.attn_scale)),
                          ("vo", vo_factors(a.W_V, a.W_O, desc.kv_head_map))):
             S = singular_values(fm)
-            t = pd.DataFrame(coverage_table(S, kind, level))
+            t = pd.DataFrame(coverage_table(S, kind, level, of))
             t.insert(0, "layer", l)
             cov.append(t)
-            c = pd.DataFrame(coverage_curve(S, kind))
+            c = pd.DataFrame(coverage_curve(S, kind, of))
             c.insert(0, "layer", l)
             curves.append(c)
     cov = pd.concat(cov, ignore_index=True)
@@ -268,7 +270,7 @@ def analyse_model(lm, P, nouns: Sequence[str]) -> ModelReport:
     times["embedding_norms"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    coverage, curves = coverage_tables(desc, P.coverage_level)
+    coverage, curves = coverage_tables(desc, P.coverage_level, P.coverage_of)
     times["coverage"] = time.perf_counter() - t0
 
     rows = InputNormedRows(desc)

@@ -74,8 +74,10 @@ def procedure_lines(P) -> dict[str, str]:
         "bias_probes": "paper: svd_analysis.py:313-349 (W_Q b_K^T and b_Q W_K^T per head, +/- against ln_1(W_E)); "
                        "only for models with attention biases",
         "trajectory": umap,
-        "coverage": "cumulative share of sigma^2 (Eckart-Young; the paper's figure plots the share of sigma, "
-                    "utils/plot_utils.py:123-124, and no table)",
+        "coverage": ("paper: utils/plot_utils.py:107-139, cumulative share of sigma over the first d_head singular "
+                     "values and the first rank above the level" if P.coverage_of == "sigma" else
+                     "variant coverage_of='sigma2': cumulative share of sigma^2, the best rank-r approximation's "
+                     "share of the squared Frobenius norm (the paper: of sigma, utils/plot_utils.py:123-124)"),
     }
 
 
@@ -229,7 +231,8 @@ def model_findings(rep: ModelReport, n: int = 5) -> list[str]:
         per = c[c.layer.isin(rep.layers)].groupby("layer")["rank_at_level"].median()
         allm = c.groupby("layer")["rank_at_level"].median()
         lvl = c["level"].iloc[0]
-        lines.append(f"  W_{kind} rank at {lvl:.0%} coverage (median over heads, d_head={rep.d_head}): "
+        of = "sigma^2" if c["coverage_of"].iloc[0] == "sigma2" else "sigma"
+        lines.append(f"  W_{kind} rank at {lvl:.0%} coverage of {of} (median over heads, d_head={rep.d_head}): "
                      + ", ".join(f"block {l}: {v:g}" for l, v in per.items())
                      + f"; over all {L} blocks {allm.min():g}-{allm.max():g}")
     # directions

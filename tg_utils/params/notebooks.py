@@ -322,7 +322,8 @@ class AttentionGeometryParams(NotebookParams):
     depths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])   # probed blocks, relative depth
     top_k: int = 5                       # tokens in every top / bottom list (the paper: 5)
     n_components: int = 20               # singular directions probed per head (the paper: 20)
-    coverage_level: float = 0.99         # cumulative sigma^2 coverage whose rank is reported
+    coverage_level: float = 0.99         # cumulative coverage whose rank is reported (the paper: 99 %)
+    coverage_of: str = "sigma"           # coverage of "sigma" (the paper's plot) | "sigma2" (Eckart-Young, variant)
     nouns_path: str = "data/traveling_words_nouns.txt"   # the paper's COMMON_NOUNS.txt
     n_nouns: int = 100                   # the first n nouns of the list (then the single-token filter)
     noun_prefix: str = ""                # "": the bare noun (the paper); " ": the in-context form (variant)
@@ -345,7 +346,8 @@ class AttentionGeometryParams(NotebookParams):
 
     CHOICES = {"ellipse_readout": ("paper", "update"), "readout_matrix": ("embedding", "unembedding"),
                "sign_side": ("key", "query"), "umap_rows": ("first", "random"),
-               "umap_metric": ("euclidean", "cosine"), "umap_init": ("spectral", "umap")}
+               "umap_metric": ("euclidean", "cosine"), "umap_init": ("spectral", "umap"),
+               "coverage_of": ("sigma", "sigma2")}
 
     def check(self) -> None:
         super().check()

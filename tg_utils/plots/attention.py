@@ -183,17 +183,21 @@ def plot_ellipse(tables: dict[str, pd.DataFrame], nouns: Sequence[str], head: in
     """Per model (rows): two token tables, nouns (rows) x probed blocks (columns), from the attention-ellipse
     probe (Traveling Words, common_nouns.py): the noun's top ``n`` keys of head ``head``, and the tokens the
     block moves the noun toward (the paper's read-out summed over heads, "values_sum"; with the variant
-    read-out, head ``head``'s "update"). Nouns that are not one token under a model are left out of its
-    row. Returns (fig, tidy: the tokens shown)."""
+    read-out, head ``head``'s "update"). A model shows those of ``nouns`` that are one token under it, or,
+    when none is, its first len(nouns) single-token nouns. Returns (fig, tidy: the tokens shown)."""
     ell = tables["ellipse"]
     labels = list(dict.fromkeys(ell["label"]))
-    nouns = list(nouns)
-    fig, axes = plt.subplots(len(labels), 2, figsize=(13.0, 0.9 + 0.34 * (len(nouns) + 1) * len(labels) * 1.6),
+    want = list(nouns)
+    n_rows = max(1, len(want))
+    fig, axes = plt.subplots(len(labels), 2, figsize=(13.0, 0.9 + 0.55 * (n_rows + 1) * len(labels)),
                              squeeze=False)
     tidy = []
     for i, lab in enumerate(labels):
-        e = ell[(ell["label"] == lab) & ell["noun"].isin(nouns) & (ell["rank"] <= n)]
-        vprobe = "values_sum" if (e["probe"] == "values_sum").any() else "update"
+        el = ell[ell["label"] == lab]
+        have = list(dict.fromkeys(el["noun"]))
+        rows = [x for x in want if x in set(have)] or have[:n_rows]
+        e = el[el["noun"].isin(rows) & (el["rank"] <= n)]
+        vprobe = "values_sum" if (el["probe"] == "values_sum").any() else "update"
         panels = (("keys", head, f"top keys, head {head}"),
                   (vprobe, -1 if vprobe == "values_sum" else head,
                    "values: ln_f(e + sum of heads' updates + b_O)" if vprobe == "values_sum"
@@ -203,11 +207,10 @@ def plot_ellipse(tables: dict[str, pd.DataFrame], nouns: Sequence[str], head: in
             ax.axis("off")
             d = e[(e["probe"] == probe) & (e["head"] == h)]
             tidy.append(d)
-            blocks = sorted(d["layer"].unique())
-            rows = [r for r in nouns if r in set(d["noun"])]
-            if not rows:
-                ax.set_title(f"{lab}: {what} (none of the nouns is one token)", fontsize=8)
+            if d.empty:
+                ax.set_title(f"{lab}: {what} (no single-token noun)", fontsize=8)
                 continue
+            blocks = sorted(d["layer"].unique())
             cell = (d.sort_values("rank").groupby(["noun", "layer"])["token"]
                      .apply(lambda s: ", ".join(fmt_token(t) for t in s)))
             text = [[cell.get((r, b), "") for b in blocks] for r in rows]

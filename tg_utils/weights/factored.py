@@ -41,9 +41,16 @@ norm). With s = R @ x_i, the pair is flipped (u_i, v_i) -> (-u_i, -v_i) iff max(
 max(s) + min(s) < 0; after alignment the largest dot product with the reference matrix is at least the
 magnitude of the most negative one (ties: no flip). The flip leaves M unchanged.
 
-Coverage (``singular_value_coverage``): c_r = sum_{i<=r} sigma_i^2 / sum_i sigma_i^2, the share of the
-squared Frobenius norm captured by the best rank-r approximation (Eckart-Young). ``rank_at_coverage``
-is the smallest r (1-based) with c_r >= level (default 0.99); 0 for an all-zero matrix.
+Coverage (``singular_value_coverage``), two definitions (``of``):
+    "sigma"   c_r = sum_{i<=r} sigma_i / sum_i sigma_i, the paper's (Traveling Words,
+              utils/plot_utils.py:123-130: np.cumsum(S) / sum(S) over the first d_head singular values, and
+              the first index where the coverage exceeds 99 %, strictly)
+    "sigma2"  c_r = sum_{i<=r} sigma_i^2 / sum_i sigma_i^2, the share of the squared Frobenius norm captured
+              by the best rank-r approximation (Eckart-Young): a variant of this repository
+``rank_at_coverage`` is the smallest r (1-based) with c_r >= level ("sigma2") or c_r > level ("sigma", as
+the paper's strict comparison), default level 0.99, at most k; 0 for an all-zero matrix. The paper plots it
+as a share of the features, (r - 1) / (k - 1) (np.linspace(0, 1, k)[r - 1]; ``coverage_table``'s
+percent_of_features).
 """
 from __future__ import annotations
 
@@ -189,37 +196,49 @@ def singular_values(fm: FactoredMatrix) -> Tensor:
     return S
 
 
-def singular_value_coverage(S) -> Tensor:
-    """Cumulative share of sum sigma^2: c_r = sum_{i<=r} s_i^2 / sum_i s_i^2, [..., k] (NaN if all zero)."""
+COVERAGE_OF = ("sigma", "sigma2")      # "sigma": the paper's (utils/plot_utils.py:123-124); "sigma2": variant
+
+
+def singular_value_coverage(S, of: str = "sigma2") -> Tensor:
+    """Cumulative share, [..., k] (NaN if all zero): of "sigma2" sum sigma^2 (c_r = sum_{i<=r} s_i^2 /
+    sum_i s_i^2), of "sigma" sum sigma (the paper's np.cumsum(S) / sum(S))."""
+    if of not in COVERAGE_OF:
+        raise ValueError(f"coverage of must be one of {COVERAGE_OF}, got {of!r}")
     S = tensor(S, torch.float64)
-    s2 = S.pow(2)
-    return s2.cumsum(-1) / s2.sum(-1, keepdim=True)
+    w = S.pow(2) if of == "sigma2" else S
+    return w.cumsum(-1) / w.sum(-1, keepdim=True)
 
 
-def rank_at_coverage(S, level: float = COVERAGE_LEVEL) -> Tensor:
-    """Smallest rank r (1-based) with coverage c_r >= level, [...]; 0 where every sigma is zero."""
-    c = singular_value_coverage(S)
-    r = (c < level - 1e-12).sum(-1) + 1
+def rank_at_coverage(S, level: float = COVERAGE_LEVEL, of: str = "sigma2") -> Tensor:
+    """Smallest rank r (1-based) with coverage c_r >= level ("sigma2") or c_r > level ("sigma": the paper's
+    strict np.argmax(coverage > 99), utils/plot_utils.py:128), at most k, [...]; 0 where every sigma is zero."""
+    c = singular_value_coverage(S, of)
+    below = (c <= level) if of == "sigma" else (c < level - 1e-12)
+    r = below.sum(-1) + 1
     r = torch.minimum(r, torch.full_like(r, c.shape[-1]))
     return torch.where(torch.isnan(c[..., -1]), torch.zeros_like(r), r)
 
 
-def coverage_table(S: Tensor, kind: str, level: float = COVERAGE_LEVEL) -> dict[str, np.ndarray]:
+def coverage_table(S: Tensor, kind: str, level: float = COVERAGE_LEVEL, of: str = "sigma2") -> dict[str, np.ndarray]:
     """Columns of one row per head of singular values S [H, k] (or [k]): kind, head, n_singular,
-    rank_at_level (smallest r with coverage >= level), level, sigma_1, frobenius (sqrt of sum sigma^2).
-    A dict of equal-length arrays (``pandas.DataFrame(...)`` is the table)."""
+    rank_at_level (``rank_at_coverage``), percent_of_features (the paper's x-axis: 100 (r - 1) / (k - 1)),
+    level, coverage_of, sigma_1, frobenius (sqrt of sum sigma^2). A dict of equal-length arrays
+    (``pandas.DataFrame(...)`` is the table)."""
     S = S if S.ndim == 2 else S[None]
     H, k = S.shape
+    r = rank_at_coverage(S, level, of).cpu().numpy()
+    pct = 100.0 * (r - 1) / max(1, k - 1)
     return {"kind": np.full(H, kind, dtype=object), "head": np.arange(H), "n_singular": np.full(H, k),
-            "rank_at_level": rank_at_coverage(S, level).cpu().numpy(), "level": np.full(H, float(level)),
-            "sigma_1": S[:, 0].cpu().numpy(), "frobenius": S.pow(2).sum(-1).sqrt().cpu().numpy()}
+            "rank_at_level": r, "percent_of_features": pct, "level": np.full(H, float(level)),
+            "coverage_of": np.full(H, of, dtype=object), "sigma_1": S[:, 0].cpu().numpy(),
+            "frobenius": S.pow(2).sum(-1).sqrt().cpu().numpy()}
 
 
-def coverage_curve(S: Tensor, kind: str) -> dict[str, np.ndarray]:
-    """Columns of the cumulative coverage of singular values S [H, k] (or [k]), one row per (head, rank):
-    kind, head, rank (1-based), sigma, coverage."""
+def coverage_curve(S: Tensor, kind: str, of: str = "sigma2") -> dict[str, np.ndarray]:
+    """Columns of the cumulative coverage (``singular_value_coverage``, ``of``) of singular values S [H, k]
+    (or [k]), one row per (head, rank): kind, head, rank (1-based), sigma, coverage."""
     S = S if S.ndim == 2 else S[None]
-    c = singular_value_coverage(S)
+    c = singular_value_coverage(S, of)
     H, k = S.shape
     return {"kind": np.full(H * k, kind, dtype=object), "head": np.repeat(np.arange(H), k),
             "rank": np.tile(np.arange(1, k + 1), H), "sigma": S.reshape(-1).cpu().numpy(),
