@@ -7,7 +7,9 @@
     st.loss[i]        # mean next-token cross-entropy of prompt i (nats); NaN for encoders / 1-token prompts
 
 State index convention (the same everywhere in the project, see ModelDescription):
-    0            the embedding output (Gemma: already scaled by sqrt(d); BERT: after the embedding LayerNorm)
+    0            the residual stream's first state, the first block's input: the embedding output (Gemma:
+                 already scaled by sqrt(d); GPT-2/OPT: token + learned position embedding; BERT: after the
+                 embedding LayerNorm); read as the first block's input where no module outputs it (OPT)
     l = 1..L     the output of block l (the residual stream after it)
     L + 1        the final-normed output (only for models with a final norm; it is what the unembedding reads)
 For the plain-transformers comparison: our states 0..L-1 equal ``output_hidden_states`` entries 0..L-1 and
@@ -15,8 +17,8 @@ our L+1 equals hidden_states[L] (transformers' last entry is post final norm; th
 block, our L, is not among them). For BERT (no final norm) our 0..L equal hidden_states[0..L].
 
 Batching: prompts are sorted by length, padded on the right with an attention mask and explicit position
-ids 0..T-1, so every real token sees exactly what it sees alone; padded positions are dropped. Batched
-equals one-by-one to float32 rounding (tests check 1e-5).
+ids 0..T-1 (RoBERTa: shifted by desc.position_ids_offset), so every real token sees exactly what it sees
+alone; padded positions are dropped. Batched equals one-by-one to float32 rounding (tests check 1e-5).
 
 Loss: the forward pass stops after the last module read (nnsight ``tracer.stop()``), so the lm_head never
 materialises [B, T, vocab] logits; the loss is computed from the final-normed states through the

@@ -163,7 +163,7 @@ def describe(model: nn.Module, tokenizer=None, spec: str = "", revision: str | N
     clip = getattr(config, "clip_qkv", None)
     if clip:
         caveats.append(f"q, k and v are clamped to +-{clip:g} (clip_qkv)")
-    if len(set(scales)) > 1 and not caveats:
+    if len(set(scales)) > 1:
         caveats.append("the score scale differs by layer (attn[l].scale); attn_scale is layer 0's")
     adds, bos, pad = adds_bos(tokenizer)
     notes = "; ".join([row.notes] + [f"W_qk leaves out: {c}" for c in caveats])
