@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tg_utils.extract import extract_states
 from tg_utils.models import ARCHITECTURES, LoadedModel, NoArchitectureRow, load_model
@@ -276,7 +275,7 @@ def test_description_is_the_models_own(family):
 
 # ============================================================================ the attention split
 
-def _capture_scores(monkeypatch, model, attn_cls, store: list):
+def _capture_scores(monkeypatch, attn_cls, store: list):
     """Record the model's own pre-softmax scores [B, H, Tq, Tk] (after soft-capping, before the mask)
     from the eager attention of its modeling module (GPT-Neo: its _attn method)."""
     mod = sys.modules[attn_cls.__module__]
@@ -289,9 +288,9 @@ def _capture_scores(monkeypatch, model, attn_cls, store: list):
             if softcap is not None:
                 s = torch.tanh(s / softcap) * softcap
             store.append(s.detach().float())
-            return orig(module, query, key, value, attention_mask, *args, scaling=scaling, softcap=softcap, **kw) \
-                if softcap is not None else orig(module, query, key, value, attention_mask, *args, scaling=scaling,
-                                                 **kw)
+            if softcap is not None:
+                kw["softcap"] = softcap
+            return orig(module, query, key, value, attention_mask, *args, scaling=scaling, **kw)
         monkeypatch.setattr(mod, "eager_attention_forward", eager)
     else:
         orig = attn_cls._attn
@@ -313,7 +312,7 @@ def test_attention_split_reproduces_the_models_attention(family, monkeypatch):
     B, H, Hkv, dh = 3, d.n_heads, d.n_kv_heads, d.d_head
     scores, outs, handles = [], [], []
     attn_cls = type(m.get_submodule(f"{d.layer_paths[0]}.{row.attn}"))
-    _capture_scores(monkeypatch, m, attn_cls, scores)
+    _capture_scores(monkeypatch, attn_cls, scores)
     for p in d.layer_paths:
         handles.append(m.get_submodule(f"{p}.{row.o}").register_forward_hook(
             lambda mod, i, o: outs.append(o.detach())))

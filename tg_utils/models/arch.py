@@ -8,8 +8,6 @@ branches on the architecture.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 
@@ -17,7 +15,7 @@ from .description import AttentionWeights, ModelDescription, NoArchitectureRow, 
 from .generic import describe_generic
 from .parts import adds_bos, bias, cfg, embed_scale, module, norm_info
 from .spec import ModelSpecError
-from .table import ARCHITECTURES, ArchSpec, arch_for, config_value, find_row, no_row_message
+from .table import ARCHITECTURES, ArchSpec, arch_for, config_value, find_row
 
 __all__ = ["ARCHITECTURES", "ArchSpec", "AttentionWeights", "ModelDescription", "NoArchitectureRow", "NormInfo",
            "arch_for", "describe", "find_row"]
