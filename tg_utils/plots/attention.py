@@ -189,7 +189,7 @@ def plot_ellipse(tables: dict[str, pd.DataFrame], nouns: Sequence[str], head: in
     labels = list(dict.fromkeys(ell["label"]))
     want = list(nouns)
     n_rows = max(1, len(want))
-    fig, axes = plt.subplots(len(labels), 2, figsize=(13.0, 0.9 + 0.55 * (n_rows + 1) * len(labels)),
+    fig, axes = plt.subplots(len(labels), 2, figsize=(13.0, 0.4 + 0.3 * (n_rows + 2) * len(labels)),
                              squeeze=False)
     tidy = []
     for i, lab in enumerate(labels):
@@ -215,10 +215,9 @@ def plot_ellipse(tables: dict[str, pd.DataFrame], nouns: Sequence[str], head: in
                      .apply(lambda s: ", ".join(fmt_token(t) for t in s)))
             text = [[cell.get((r, b), "") for b in blocks] for r in rows]
             tab = ax.table(cellText=text, rowLabels=rows, colLabels=[f"block {b}" for b in blocks],
-                           loc="center", cellLoc="left")
+                           loc="upper center", cellLoc="left")
             tab.auto_set_font_size(False)
             tab.set_fontsize(7)
-            tab.scale(1.0, 1.25)
             ax.set_title(f"{lab}: {what}", fontsize=8)
     fig.tight_layout()
     return fig, pd.concat(tidy, ignore_index=True)
