@@ -1,9 +1,12 @@
-"""Attention geometry read from the weights alone (after "Traveling Words", Molina 2023): norms and the LayerNorm distance table, factored per-head matrices, vocabulary scans and embedding-norm scorings, the per-block probe (singular directions, attention ellipse), the attention-bias probes and the UMAP trajectory."""
+"""Attention geometry read from the weights alone (after "Traveling Words", Molina 2023): norms and the
+LayerNorm distance table, factored per-head matrices, vocabulary scans and embedding-norm scorings, the per-block
+probe (singular directions, attention ellipse), the attention-bias probes and the UMAP trajectory."""
 from .biases import BIAS_COLUMNS, BiasProbe, bias_probe, bias_vectors
 from .factored import (COVERAGE_LEVEL, SVD, FactoredMatrix, checked_kv_map, coverage_curve, coverage_table,
                        factored_svd, flip_mask, kv_head_map, qk_factors, qk_matrices, rank_at_coverage,
                        singular_value_coverage, singular_values, vo_factors, vo_matrices)
-from .norms import LAYERNORM_SETTINGS, affine, as_norm, layer_norm, layernorm_distance_table, rms_norm, standardised_rows
+from .norms import (LAYERNORM_SETTINGS, affine, as_norm, layer_norm, layernorm_distance_table, rms_norm,
+                    standardised_rows)
 from .probe import (DIRECTION_COLUMNS, ELLIPSE_COLUMNS, READOUTS, SIGN_SIDES, BlockProbe, block_probe, ellipse_keys,
                     ellipse_updates, ellipse_values, sign_align)
 from .umap import UmapTrajectory, fit_rows, umap_trajectory
