@@ -63,14 +63,61 @@ def ellipse_vectors(x: Tensor, W_Q, W_K, W_V, W_O, kv_map, scale: float, heads: 
                     final_norm_weight=None) -> tuple[Tensor, Tensor]:
     """The ellipse probe's vectors of normed queries x [n, d] (float64), head-major [len(heads) * n, d]:
     key directions (s x W_Q[h]) W_K[g]^T (score(y) = norm(e_y) . key direction) and updates
-    (x W_V[g]) W_O[h], times the final norm's weight when given (g = kv_map[h], s = scale)."""
-    Wq, Wk, Wv, Wo = (tensor(w, torch.float64).cpu() for w in (W_Q, W_K, W_V, W_O))
+    (x W_V[g]) W_O[h], times the final norm's weight when given (g = kv_map[h], s = scale). Computed on the
+    weights' device (W_Q's; the queries and the final norm's weight are moved there): with device_map the
+    embedding rows, the block and the final norm may sit on different GPUs."""
+    dev = tensor(W_Q).device
+    Wq, Wk, Wv, Wo = (tensor(w, torch.float64).to(dev) for w in (W_Q, W_K, W_V, W_O))
+    x = x.to(dev)
     d = x.shape[1]
     kdir = torch.stack([(scale * x @ Wq[h]) @ Wk[kv_map[h]].T for h in heads]).reshape(-1, d)
     upd = torch.stack([(x @ Wv[kv_map[h]]) @ Wo[h] for h in heads])
     if final_norm_weight is not None:
-        upd = upd * tensor(final_norm_weight, torch.float64).cpu()
+        upd = upd * tensor(final_norm_weight, torch.float64).to(dev)
     return kdir, upd.reshape(-1, d)
+
+
+@dataclass(frozen=True)
+class ProbeVectors:
+    """The vectors of one block's probe, all on the weights' device: ``vectors_in`` [3 H c + m, d] scanned
+    against norm(rows) (W_qk query U, W_qk key V, W_vo input U directions, head-major, then the m ellipse key
+    directions), ``vectors_out`` [H c + m, d] against W_U.T (W_vo output V directions, then the m ellipse
+    updates); ``S_qk`` / ``S_vo`` [H, k] the singular values; c = ``n_components``; ``heads`` the ellipse
+    probe's heads."""
+    vectors_in: Tensor
+    vectors_out: Tensor
+    S_qk: Tensor
+    S_vo: Tensor
+    n_components: int
+    heads: list[int]
+
+
+def probe_vectors(W_Q, W_K, W_V, W_O, rows, norm=None, kv_map=None, scale: float | None = None,
+                  query_ids: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+                  final_norm_weight=None, n_components: int = 3) -> ProbeVectors:
+    """The directions and ellipse vectors ``block_probe`` scans (see ProbeVectors and the module docstring)."""
+    W_Q = tensor(W_Q)
+    H, d, dh = W_Q.shape
+    m = checked_kv_map(kv_map, H, tensor(W_K).shape[0])
+    s = dh ** -0.5 if scale is None else float(scale)
+    qk = qk_factors(W_Q, W_K, m, s).svd()
+    vo = vo_factors(W_V, W_O, m).svd()
+    c = min(n_components, qk.S.shape[1])
+
+    def vecs(X):                                    # [H, d, k] -> [H * c, d], head-major
+        return X[..., :c].mT.reshape(H * c, d)
+
+    dir_in = torch.cat([vecs(qk.U), vecs(qk.V), vecs(vo.U)])            # against norm(rows)
+    dir_out = vecs(vo.V)                                                 # against W_U.T
+    qids = [] if query_ids is None else [int(i) for i in query_ids]
+    hs = list(range(H)) if heads is None else [int(h) for h in heads]
+    if qids:
+        x = as_norm(norm)(tensor(rows)[qids].to(torch.float64)).to(torch.float64)
+        kdir, upd = ellipse_vectors(x, W_Q, W_K, W_V, W_O, m, s, hs, final_norm_weight)
+    else:
+        kdir = upd = torch.empty(0, d, dtype=torch.float64, device=dir_in.device)
+    return ProbeVectors(torch.cat([dir_in, kdir.to(dir_in.device)]), torch.cat([dir_out, upd.to(dir_out.device)]),
+                        qk.S, vo.S, c, hs)
 
 
 @dataclass(frozen=True)
@@ -100,34 +147,18 @@ def block_probe(W_Q, W_K, W_V, W_O, rows, W_U, norm=None, kv_map=None, scale: fl
     query_ids / labels: the ellipse probe's query tokens and their names (labels default to the decoded
     tokens); none: no ellipse table. final_norm_weight: g of the update read-out. heads: the ellipse
     probe's heads (None: all). layer: the value of the ``layer`` column."""
-    W_Q = tensor(W_Q)
-    H, d, dh = W_Q.shape
-    m = checked_kv_map(kv_map, H, tensor(W_K).shape[0])
-    s = dh ** -0.5 if scale is None else float(scale)
-    qk = qk_factors(W_Q, W_K, m, s).svd()
-    vo = vo_factors(W_V, W_O, m).svd()
-    c = min(n_components, qk.S.shape[1])
-    out_rows = tensor(W_U).T
-
-    def vecs(X):                                    # [H, d, k] -> [H * c, d], head-major
-        return X[..., :c].mT.reshape(H * c, d)
-
-    dir_in = torch.cat([vecs(qk.U), vecs(qk.V), vecs(vo.U)])            # against norm(rows)
-    dir_out = vecs(vo.V)                                                 # against W_U.T
+    H = tensor(W_Q).shape[0]
     qids = [] if query_ids is None else [int(i) for i in query_ids]
-    hs = list(range(H)) if heads is None else [int(h) for h in heads]
-    if qids:
-        x = as_norm(norm)(tensor(rows)[qids].to(torch.float64)).to(torch.float64).cpu()
-        kdir, upd = ellipse_vectors(x, W_Q, W_K, W_V, W_O, m, s, hs, final_norm_weight)
-    else:
-        kdir = upd = torch.empty(0, d, dtype=torch.float64)
-    ext_in = vocab_extremes(torch.cat([dir_in, kdir]), rows, k, norm, chunk, bottom=dir_in.shape[0])
-    ext_out = vocab_extremes(torch.cat([dir_out, upd]), out_rows, k, None, chunk, bottom=dir_out.shape[0])
+    pv = probe_vectors(W_Q, W_K, W_V, W_O, rows, norm, kv_map, scale, qids, heads, final_norm_weight,
+                       n_components)
+    c, hs = pv.n_components, pv.heads
+    n = H * c
+    ext_in = vocab_extremes(pv.vectors_in, rows, k, norm, chunk, bottom=3 * n)
+    ext_out = vocab_extremes(pv.vectors_out, tensor(W_U).T, k, None, chunk, bottom=n)
     tv_in, ti_in, bv_in, bi_in = ext_in.top_values, ext_in.top_ids, ext_in.bottom_values, ext_in.bottom_ids
     tv_out, ti_out, bv_out, bi_out = (ext_out.top_values, ext_out.top_ids, ext_out.bottom_values,
                                       ext_out.bottom_ids)
 
-    n = H * c
     flip_qk = flip_mask(tv_in[:n, 0], bv_in[:n, 0])                      # query side (U of W_qk)
     flip_vo = flip_mask(tv_out[:n, 0], bv_out[:n, 0])                    # output side (V of W_vo)
     kk = ti_in.shape[1]
@@ -135,12 +166,12 @@ def block_probe(W_Q, W_K, W_V, W_O, rows, W_U, norm=None, kv_map=None, scale: fl
     comps = np.tile(np.repeat(np.arange(c), kk), H)
     parts = []
     for kind, side, (vals, ids), S in (
-            ("qk", "query", _aligned_top(tv_in[:n], ti_in[:n], bv_in[:n], bi_in[:n], flip_qk), qk.S),
+            ("qk", "query", _aligned_top(tv_in[:n], ti_in[:n], bv_in[:n], bi_in[:n], flip_qk), pv.S_qk),
             ("qk", "key", _aligned_top(tv_in[n:2 * n], ti_in[n:2 * n], bv_in[n:2 * n], bi_in[n:2 * n],
-                                       flip_qk), qk.S),
+                                       flip_qk), pv.S_qk),
             ("vo", "input", _aligned_top(tv_in[2 * n:3 * n], ti_in[2 * n:3 * n], bv_in[2 * n:3 * n],
-                                         bi_in[2 * n:3 * n], flip_vo), vo.S),
-            ("vo", "output", _aligned_top(tv_out[:n], ti_out[:n], bv_out, bi_out, flip_vo), vo.S)):
+                                         bi_in[2 * n:3 * n], flip_vo), pv.S_vo),
+            ("vo", "output", _aligned_top(tv_out[:n], ti_out[:n], bv_out, bi_out, flip_vo), pv.S_vo)):
         parts.append({"kind": np.full(n * kk, kind, dtype=object), "head": heads_, "component": comps,
                       "sigma": S[:, :c].cpu().numpy()[heads_, comps], "side": np.full(n * kk, side, dtype=object),
                       "rank": np.tile(np.arange(1, kk + 1), n), "token_id": ids.reshape(-1).numpy(),
