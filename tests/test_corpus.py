@@ -143,3 +143,17 @@ def test_shuffle_blocks():
     assert shuffle_blocks([7] + ids, 2, seed=1, keep_first=1)[0] == 7
     with pytest.raises(CorpusError, match="divisible"):
         shuffle_blocks(list(range(1000)), 5, seed=0)
+
+
+def test_damaged_corpus_cache_is_reported_and_rebuilt(tmp_path, monkeypatch, capsys):
+    """The parsed Wikipedia extract is cached as a verified folder: an edited cache is not read."""
+    from tg_utils.data import corpus as C
+    monkeypatch.setattr(C, "resolve", lambda p: tmp_path / p)
+    first = C._read_gensim_wiki(200)
+    folder = next((tmp_path / "outputs" / "corpus").iterdir())
+    f = folder / "articles.json"
+    f.write_text(f.read_text().replace("Anarchism", "Anarchysm", 1))
+    capsys.readouterr()
+    again = C._read_gensim_wiki(200)
+    assert "articles.json does not match its manifest" in capsys.readouterr().out
+    assert again == first and "Anarchysm" not in f.read_text()

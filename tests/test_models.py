@@ -76,6 +76,9 @@ def test_table_rows_are_complete():
         assert row.name == name and row.matches and row.embed and row.layers and row.o
         assert (row.qkv is not None) != (row.q is not None), name
         assert row.is_decoder == (row.lm_head is not None), name
+        assert row.qkv_layout in ("heads", "blocks") and row.embed_hook in ("output", "input"), name
+        assert row.norm_placement in ("pre", "post", "post-sublayer") or callable(row.norm_placement) \
+            or row.norm_placement.startswith("config:"), name
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3", "bert", "neox", "toy-pre", "toy-post"])
@@ -137,6 +140,26 @@ def test_unknown_architecture_names_the_table():
         pass
     with pytest.raises(ModelSpecError, match="ARCHITECTURES"):
         describe(Weird())
+    with pytest.raises(ModelSpecError, match="ARCHITECTURES"):
+        arch_for(Weird())
+
+
+def test_generic_fallback_refuses_an_ambiguous_block_list():
+    """The fallback needs exactly one ModuleList of num_hidden_layers blocks; otherwise it names the table."""
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("Cfg", (), {"num_hidden_layers": 2, "model_type": "two"})()
+            self.a = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(2)])
+            self.b = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(2)])
+    with pytest.raises(ModelSpecError, match=r"ARCHITECTURES.*found 2: \['a', 'b'\]"):
+        describe(Two())
+
+
+def test_toy_and_offline_descriptions_have_attention():
+    d = describe(tiny_toy(), spec="toy")
+    assert d.has_attention and d.qk_exact and d.positions == "rotary" and d.embed_hook == "output"
+    assert d.state_hooks == ["output"] * d.n_states and d.attn is d.attention
 
 
 # ----------------------------------------------------------------------------------------- load_model

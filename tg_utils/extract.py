@@ -7,7 +7,9 @@
     st.loss[i]        # mean next-token cross-entropy of prompt i (nats); NaN for encoders / 1-token prompts
 
 State index convention (the same everywhere in the project, see ModelDescription):
-    0            the embedding output (Gemma: already scaled by sqrt(d); BERT: after the embedding LayerNorm)
+    0            the residual stream's first state, the first block's input: the embedding output (Gemma:
+                 already scaled by sqrt(d); GPT-2/OPT: token + learned position embedding; BERT: after the
+                 embedding LayerNorm); read as the first block's input where no module outputs it (OPT)
     l = 1..L     the output of block l (the residual stream after it)
     L + 1        the final-normed output (only for models with a final norm; it is what the unembedding reads)
 For the plain-transformers comparison: our states 0..L-1 equal ``output_hidden_states`` entries 0..L-1 and
@@ -15,8 +17,8 @@ our L+1 equals hidden_states[L] (transformers' last entry is post final norm; th
 block, our L, is not among them). For BERT (no final norm) our 0..L equal hidden_states[0..L].
 
 Batching: prompts are sorted by length, padded on the right with an attention mask and explicit position
-ids 0..T-1, so every real token sees exactly what it sees alone; padded positions are dropped. Batched
-equals one-by-one to float32 rounding (tests check 1e-5).
+ids 0..T-1 (RoBERTa: shifted by desc.position_ids_offset), so every real token sees exactly what it sees
+alone; padded positions are dropped. Batched equals one-by-one to float32 rounding (tests check 1e-5).
 
 Loss: the forward pass stops after the last module read (nnsight ``tracer.stop()``), so the lm_head never
 materialises [B, T, vocab] logits; the loss is computed from the final-normed states through the
@@ -151,14 +153,14 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def _pad(prompts: list[list[int]], idx: list[int], pad_id: int, device) -> dict:
+def _pad(prompts: list[list[int]], idx: list[int], pad_id: int, device, pos_offset: int = 0) -> dict:
     T = max(len(prompts[i]) for i in idx)
     ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), T), dtype=torch.long)
     for r, i in enumerate(idx):
         ids[r, :len(prompts[i])] = torch.tensor(prompts[i], dtype=torch.long)
         mask[r, :len(prompts[i])] = 1
-    pos = torch.arange(T).expand(len(idx), T).contiguous()
+    pos = (torch.arange(T) + pos_offset).expand(len(idx), T).contiguous()   # RoBERTa counts from pad + 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device)}
 
 
@@ -213,9 +215,10 @@ def _wrapper(lm: LoadedModel, remote):
 
 
 def _trace(wrapper, inputs: dict, paths: list[str], last_idx, remote, keep_full: int | None = None,
-           nll_spec=None):
+           nll_spec=None, hooks: list[str] | None = None):
     """Run one batch through the nnsight wrapper. Returns (outs, full, nll): the outputs of the modules at
-    `paths` (in execution order), each [B, T, d] or, with last_idx, [B, d] at those positions; `full`, the
+    `paths` (in execution order; the first input instead where `hooks` says "input"; the first element
+    of a tuple output), each [B, T, d] or, with last_idx, [B, d] at those positions; `full`, the
     all-positions output of paths[keep_full] (for the loss); and, with nll_spec (the remote path), the
     per-token NLL [B, T-1] computed inside the trace from the lm_head output."""
     import nnsight
@@ -228,7 +231,9 @@ def _trace(wrapper, inputs: dict, paths: list[str], last_idx, remote, keep_full:
             res = []
             full = None
             for j, env in enumerate(envoys):
-                h = env.output
+                h = env.input if hooks is not None and hooks[j] == "input" else env.output
+                if isinstance(h, tuple):         # blocks that return (hidden_states, attn_weights): GPT-Neo
+                    h = h[0]
                 if j == keep_full:
                     full = h
                 if last_idx is not None:      # device_map: each layer's output on its own GPU
@@ -290,6 +295,7 @@ def extract_states(lm: LoadedModel, prompts: Sequence[Sequence[int]], layers=Non
     final_idx = desc.n_states - 1
     capture = sorted(set(sel) | ({final_idx} if want_loss and not remote else set()))
     paths = [desc.state_paths[i] for i in capture]
+    hooks = [desc.state_hooks[i] for i in capture]
     sel_rows = [capture.index(i) for i in sel]
     wrapper = _wrapper(lm, remote)
     device = desc.W_E.device if desc.W_E.device.type != "meta" else torch.device("cpu")
@@ -303,13 +309,13 @@ def extract_states(lm: LoadedModel, prompts: Sequence[Sequence[int]], layers=Non
                leave=False)
     keep_full = capture.index(final_idx) if want_loss and not remote else None
     for idx in batches:
-        inputs = _pad(prompts, idx, pad_id, device)
+        inputs = _pad(prompts, idx, pad_id, device, desc.position_ids_offset)
         n = inputs["attention_mask"].sum(1)
         last_idx = (n - 1) if positions == "last" else None
         nll_spec = None
         if want_loss and remote:
             nll_spec = (_envoy(wrapper, desc.lm_head_path), inputs["input_ids"][:, 1:], desc.logit_softcap)
-        hs, full, tok_nll = _trace(wrapper, inputs, paths, last_idx, remote, keep_full, nll_spec)
+        hs, full, tok_nll = _trace(wrapper, inputs, paths, last_idx, remote, keep_full, nll_spec, hooks)
         if want_loss:
             mask = inputs["attention_mask"][:, 1:].bool()
             if tok_nll is None:          # local: from the final-normed states, real positions only

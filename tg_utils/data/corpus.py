@@ -27,7 +27,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..paths import resolve, write_text_atomic
+from ..paths import resolve
+from ..store import cache_key, verified_folder, write_folder
 
 SPLITS = ("train", "validation", "test")
 GENSIM_WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -135,17 +136,16 @@ _CLEAN_VERSION = 1  # bump when clean_wiki_text changes: invalidates the on-disk
 
 
 def _read_gensim_wiki(min_chars: int) -> list[Article]:
-    """Parse and clean the extract (~9 s), cached as JSON under outputs/corpus/ (~0.1 s)."""
+    """Parse and clean the extract (~9 s), cached as a verified folder under outputs/corpus/ (~0.1 s; a
+    damaged cache is reported and rebuilt)."""
     src = gensim_wiki_path()
-    key = hashlib.sha1(f"{src.stat().st_size}:{_CLEAN_VERSION}:{min_chars}".encode()).hexdigest()[:12]
-    cache = resolve(f"outputs/corpus/gensim-wiki-{key}.json")
-    if cache.exists():
-        try:
-            return [Article(t, x) for t, x in json.loads(cache.read_text())]
-        except (ValueError, TypeError):
-            pass  # unreadable cache: rebuild it
+    key = cache_key("gensim-wiki", src.stat().st_size, _CLEAN_VERSION, min_chars, length=12)
+    folder = resolve(f"outputs/corpus/gensim-wiki-{key}")
+    if verified_folder(folder, key) is not None:
+        return [Article(t, x) for t, x in json.loads((folder / "articles.json").read_text())]
     arts = _parse_gensim_wiki(src, min_chars)
-    write_text_atomic(cache, json.dumps([[a.title, a.text] for a in arts]))
+    write_folder(folder, key, lambda tmp: (tmp / "articles.json").write_text(
+        json.dumps([[a.title, a.text] for a in arts])))
     return arts
 
 

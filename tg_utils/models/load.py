@@ -39,8 +39,10 @@ import torch.nn as nn
 from ..paths import model_cache_dir
 from ..store import cache_key, verified_folder, write_folder
 from ..toy.checkpoints import CheckpointError, load_checkpoint
-from .arch import ModelDescription, arch_for, describe
+from .arch import describe
+from .description import ModelDescription
 from .spec import HOW_TO_TRAIN, ModelSpec, ModelSpecError, unknown_spec
+from .table import find_row
 
 CONVERSION_VERSION = 1          # bump to invalidate converted GGUF caches
 
@@ -215,9 +217,12 @@ def _load_hf(path_or_id: str, spec: str, revision, dtype, device, device_map, lo
             spec, f"it is not an offline spec or a local directory, and as a hub id it needs a network "
                   f"({why}). Use a local directory (config.json + weights + tokenizer), or unset "
                   f"HF_HUB_OFFLINE on a machine with a network. ({type(e).__name__}: {str(e)[:200]})") from e
-    probe = type("Probe", (), {"config": config})()
-    row = arch_for(probe)
-    cls = AutoModelForCausalLM if row.auto_class == "causal" else AutoModel
+    row = find_row(config)
+    if row is not None:
+        causal = row.auto_class == "causal"
+    else:                                # no row: the generic fallback, with the class the folder names
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
+    cls = AutoModelForCausalLM if causal else AutoModel
     if str(device) == "meta":            # structure only (remote extraction): no weights read or downloaded
         from accelerate import init_empty_weights      # only for remote extraction
         with init_empty_weights():
