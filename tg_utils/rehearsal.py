@@ -13,10 +13,10 @@ Stand-ins (STAND_INS): the architecture, tokenizer conventions and stored dtype 
 d=64, 4 blocks, a 1k-token byte-level BPE trained with `tokenizers` on data/frequent_words.txt: Llama-3 and
 Mistral (grouped-query attention, a BOS added by the tokenizer, bfloat16 weights), Pythia (GPT-NeoX, no BOS,
 float16, revisions step0 ... step8 whose weights move from the initialisation step by step; main = step8),
-Llama-2 (multi-head attention). Gated models are simulated by hubcache.ACCESS_MARKER: the Llama / Mistral
+Llama-2 (multi-head attention), GPT-2 (tied embeddings, learned positions, Conv1D) and OLMo-2 (revisions
+step0 ... step8, also named OLMo-style step<N>-tokens<M>M). Gated models are simulated by hubcache.ACCESS_MARKER: the Llama / Mistral
 stand-ins are gated with access granted; tg-rehearsal/tiny-gated is gated, access denied, and cached without
 its weights, so a profile naming it stops at the preflight (tests/test_rehearsal.py).
-TODO once the families branch is merged: GPT-2 and OLMo stand-ins (GPT2Config, Olmo2Config).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from tokenizers.models import BPE
 from .hubcache import ACCESS_MARKER, repo_folder, write_snapshot
 from .paths import resolve, write_text_atomic
 
-REHEARSAL_VERSION = 1             # bump when a stand-in changes: the runner rebuilds the cache
+REHEARSAL_VERSION = 2             # bump when a stand-in changes: the runner rebuilds the cache
 ORG = "tg-rehearsal"
 STEPS = [0, 1, 2, 4, 8]
 SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -45,6 +45,9 @@ STAND_INS = {          # repo -> (architecture, stands in for, options)
     f"{ORG}/tiny-mistral": ("mistral", "mistralai/Mistral-7B-v0.1", dict(kv=2, bos=True, gated=True)),
     f"{ORG}/tiny-pythia": ("gpt_neox", "EleutherAI/pythia-*", dict(steps=STEPS, dtype=torch.float16)),
     f"{ORG}/tiny-llama-2": ("llama", "meta-llama/Llama-2-7b-hf", dict(kv=4, bos=True, gated=True)),
+    f"{ORG}/tiny-gpt2": ("gpt2", "openai-community/gpt2", dict(dtype=torch.float32)),
+    f"{ORG}/tiny-olmo2": ("olmo2", "allenai/OLMo-2-* (stepN-tokensM revisions)", dict(steps=STEPS, olmo=True,
+                                                                                    dtype=torch.float32)),
     f"{ORG}/tiny-gated": ("llama", "a gated model without access", dict(kv=4, bos=True, gated=True,
                                                                           denied=True)),
 }
@@ -88,6 +91,13 @@ def _model(arch: str, vocab: int, kv: int, bos_id: int, eos_id: int, seed: int):
         return tf.MistralForCausalLM(tf.MistralConfig(num_key_value_heads=kv, sliding_window=128, **common))
     if arch == "gpt_neox":
         return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **common))
+    if arch == "olmo2":
+        return tf.Olmo2ForCausalLM(tf.Olmo2Config(num_key_value_heads=kv, **common))
+    if arch == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=SIZE["hidden_size"],
+                                                n_layer=SIZE["num_hidden_layers"], n_head=SIZE["num_attention_heads"],
+                                                n_positions=SIZE["max_position_embeddings"], bos_token_id=bos_id,
+                                                eos_token_id=eos_id))
     raise KeyError(arch)
 
 
@@ -128,7 +138,8 @@ def make(cache: str | Path, force: bool = False) -> Path:
                 if opt.get("denied"):                            # cached without its weights
                     for f in Path(tmp).glob("*.safetensors"):
                         f.unlink()
-                refs = ["main"] if step is None else [f"step{step}"] + (["main"] if step == steps[-1] else [])
+                refs = ["main"] if step is None else [f"step{step}"] + (["main"] if step == steps[-1] else []) \
+                    + ([f"step{step}-tokens{4 * step}M"] if opt.get("olmo") else [])
                 write_snapshot(cache, repo, refs, Path(tmp))
         if opt.get("gated"):
             (repo_folder(cache, repo) / ACCESS_MARKER).write_text(
