@@ -30,8 +30,9 @@ cast that overflows raises. Use bfloat16 (same size, float32 range) or float32.
 
 Scaling without new code:
 - ``load_model(spec, device_map="auto")``: transformers/accelerate spread the layers over the GPUs (and CPU
-  memory); needs accelerate and, to be useful, GPUs. Inputs go to the embedding's device, states are
-  returned on the CPU.
+  memory); needs accelerate and, to be useful, GPUs. Inputs go to the embedding's device; each layer's
+  state is moved to the CPU before a prompt's layers are stacked (``gather_layers``: they come from
+  different GPUs), and the last-token index follows each layer to its device.
 - ``extract_states(lm, prompts, remote=True)``: runs the same trace on NDIF (https://ndif.us) through
   nnsight's ``TransformersModel``; needs a network, an NDIF API key (env NDIF_API_KEY or
   ``nnsight.CONFIG.set_default_api_key``), and a hub model NDIF hosts (load the spec with
@@ -163,6 +164,13 @@ def _pad(prompts: list[list[int]], idx: list[int], pad_id: int, device, pos_offs
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device)}
 
 
+def gather_layers(parts: Sequence[torch.Tensor], device="cpu") -> torch.Tensor:
+    """Stack one prompt's layer states [T, d] (or [d]) into [n_layers, ...] on `device`. With
+    device_map="auto" the blocks sit on different GPUs, so their outputs do too: each is moved to `device`
+    first (a no-op for states already there), dtype unchanged."""
+    return torch.stack([p.to(device) for p in parts])
+
+
 # ============================================================================ nnsight
 
 def _envoy(root, path: str):
@@ -216,7 +224,7 @@ def _trace(wrapper, inputs: dict, paths: list[str], last_idx, remote, keep_full:
     import nnsight
 
     envoys = [_envoy(wrapper, p) for p in paths]
-    rows = None if last_idx is None else torch.arange(len(last_idx), device=last_idx.device)
+    rows = None if last_idx is None else torch.arange(len(last_idx))
     with torch.no_grad():
         tr_ctx = wrapper.trace(**inputs, remote=remote) if remote else wrapper.trace(**inputs)
         with tr_ctx as tr:
@@ -228,8 +236,8 @@ def _trace(wrapper, inputs: dict, paths: list[str], last_idx, remote, keep_full:
                     h = h[0]
                 if j == keep_full:
                     full = h
-                if last_idx is not None:
-                    h = h[rows, last_idx]
+                if last_idx is not None:      # device_map: each layer's output on its own GPU
+                    h = h[rows.to(h.device), last_idx.to(h.device)]
                 res.append(h)
             nll = None
             if nll_spec is not None:
@@ -325,9 +333,9 @@ def extract_states(lm: LoadedModel, prompts: Sequence[Sequence[int]], layers=Non
         for r, i in enumerate(idx):
             T_i = int(n[r])
             if positions == "all":
-                x = torch.stack([hs[j][r, :T_i] for j in sel_rows])
+                x = gather_layers([hs[j][r, :T_i] for j in sel_rows])
             else:
-                x = torch.stack([hs[j][r] for j in sel_rows])
+                x = gather_layers([hs[j][r] for j in sel_rows])
             if check_finite and not torch.isfinite(x).all():
                 _raise_nonfinite(lm, x, sel, i, positions)
             y = x.to(device="cpu", dtype=out_dtype)

@@ -1,8 +1,11 @@
 """The headless runner behind run_all.sh: papermill executes the numbered notebooks in order with
 one profile's parameters, logs wall time and peak memory per notebook, and on a failure names the
-executed notebook and the failing cell and exits non-zero.
+executed notebook and the failing cell and exits non-zero. Before the first notebook the preflight
+(tg_utils.preflight: models, data, access, devices, estimates) runs and a problem stops the run; --check
+runs only the preflight. The rehearsal profile runs against its stand-in hub cache (tg_utils.rehearsal),
+built once under <out>/rehearsal_hub (or $TG_REHEARSAL_HUB) and used offline.
 
-    python -m tg_utils.runner --kernel token-geometry [--profile default] [--only 03 04] [--out DIR]
+    python -m tg_utils.runner --kernel token-geometry [--profile default] [--only 03 04] [--out DIR] [--check]
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from . import preflight, rehearsal
 from .params import ParameterError, load_profile, params_class
 from .paths import resolve
 
@@ -173,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="output root (default outputs/, or outputs/<profile>/ for other profiles)")
     ap.add_argument("--kernel", default="token-geometry", help="Jupyter kernel name")
     ap.add_argument("--log-output", action="store_true", help="stream cell outputs (progress bars) to the terminal")
+    ap.add_argument("--check", action="store_true",
+                    help="run the preflight only (what is needed, cached, missing; estimates) and exit")
     args = ap.parse_args(argv)
 
     try:  # validate everything up front: profile, notebook numbers, every section's parameters
@@ -198,11 +204,34 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.profile == "rehearsal" or args.profile.startswith("rehearsal-"):   # rehearsal-cuda: gpu_check.sh
+            use_rehearsal_hub(out)
+        rc = preflight.run(args.profile, args.only, out, brief=not args.check)
+    except ParameterError as e:
+        print(f"run_all.sh: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        return rc
+    if rc:
+        print("[run_all] stopped before the first notebook: the preflight found the problems above (PROBLEM "
+              "lines); fix them, or see everything with --check", file=sys.stderr, flush=True)
+        return 2
     tmp = run_tmp(out)
     try:
         return _run_all(args, notebooks, sections, out, figs, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def use_rehearsal_hub(out: Path) -> Path:
+    """Build the rehearsal's stand-in hub cache (once) and point this process and its notebooks at it,
+    offline."""
+    hub = Path(os.environ.get("TG_REHEARSAL_HUB") or out / "rehearsal_hub")
+    print(f"[run_all] rehearsal: stand-in models in the hub cache {hub}", flush=True)
+    rehearsal.make(hub)
+    os.environ.update(HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return hub
 
 
 def _run_all(args, notebooks: list[Path], sections: dict, out: Path, figs: Path, tmp: Path) -> int:

@@ -3,6 +3,7 @@ its extraction summary and its mean state norm per layer. The loading and prompt
 shared by notebooks 03 and 05, which read the same cache entries."""
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -39,9 +40,16 @@ def load_kwargs(spec: str, device: str = "cpu", device_map: str | None = None) -
 
 
 def load(spec: str, P):
-    """Load one model of a notebook's parameters (out_dir; device and device_map where P has them)."""
-    return load_model(spec, out_dir=P.out_dir,
-                      **load_kwargs(spec, getattr(P, "device", "cpu"), getattr(P, "device_map", None)))
+    """Load one model of a notebook's parameters: P.model_dtype, placed by P.device / P.device_map."""
+    return load_model(spec, dtype=P.model_dtype, out_dir=P.out_dir, **load_kwargs(spec, P.device, P.device_map))
+
+
+def free_memory() -> None:
+    """After a model's last reference is dropped: collect it now and hand its GPU memory back, so the next
+    model loads into an empty device (notebooks 02-05 load one model at a time)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def prompts_for(spec: str, lm, P, corpus):
@@ -74,7 +82,7 @@ class Extraction:
 
 
 def run(P, progress: bool = True) -> Extraction:
-    """Notebook 02: every model of P (toys first) through the activation cache."""
+    """Notebook 02: every model of P (toys first) through the activation cache, one model in memory at a time."""
     torch.manual_seed(P.seed)
     corpus = load_corpus(P.corpus, P.corpus_path)
     rows, norms = [], []
@@ -86,6 +94,8 @@ def run(P, progress: bool = True) -> Extraction:
                      "positions": len(prompts.ids[0]), "layers": len(st.layers),
                      "mean_loss": float(st.loss.nanmean()) if lm.desc.is_decoder else float("nan"),
                      "seconds": round(time.perf_counter() - t0, 1)})
+        del lm, st
+        free_memory()
         print(f"{spec}: {rows[-1]['seconds']} s")
     return Extraction(pd.DataFrame(rows), pd.concat(norms, ignore_index=True))
 

@@ -15,7 +15,7 @@ from ..geometry import cosine_matrix, geometry_table, profile_states, profile_su
 from ..models import ModelSpec
 from ..models.spec import table_label
 from ..plots.style import with_labels
-from .nb02_extract_states import load, model_specs, prompts_for
+from .nb02_extract_states import free_memory, load, model_specs, prompts_for
 
 NB = "03_geometry_metrics"
 PROFILE_METRICS = ("cos_full", "cos_offdiag", "id", "chi_1")
@@ -45,7 +45,7 @@ class GeometryRun:
     specs: list[str]
     long: pd.DataFrame              # the long table of every model (geometry_long)
     summary: pd.DataFrame           # mean and bootstrap interval per (model, metric, layer), with labels
-    loaded: dict                    # spec -> (LoadedModel, prompt set), for the heatmaps
+    heatmaps: dict                  # label -> {layer: cosine matrix} of every trained model (see heatmaps)
 
     @property
     def trained_specs(self) -> list[str]:
@@ -53,18 +53,24 @@ class GeometryRun:
 
 
 def run(P, progress: bool = True) -> GeometryRun:
-    """Notebook 03: every model's geometry table (cached) and the profile summary."""
+    """Notebook 03: every model's geometry table (cached), its heatmap matrices (trained models) and the
+    profile summary. One model is in memory at a time: each is released once its tables are computed."""
     torch.manual_seed(P.seed)
     corpus = load_corpus(P.corpus, P.corpus_path)
     specs = model_specs(P)
-    tables, loaded = [], {}
+    tables, maps = [], {}
     for spec in specs:
         df, lm, prompts = model_geometry(spec, P, corpus, progress)
         tables.append(df)
-        loaded[spec] = (lm, prompts)
+        if not is_random_init(spec):
+            key = ModelSpec.parse(spec).table_key(P.out_dir)
+            maps[table_label(*key)] = heatmap_matrices(lm, prompts, P, P.heatmap_layers, P.heatmap_prompt,
+                                                       P.heatmap_tokens)
+        del lm, prompts
+        free_memory()
     long = pd.concat(tables, ignore_index=True)
     summary = with_labels(profile_summary(long, PROFILE_METRICS, n_boot=P.n_boot, seed=P.seed))
-    return GeometryRun(specs, long, summary, loaded)
+    return GeometryRun(specs, long, summary, maps)
 
 
 def heatmap_matrices(lm, prompts, P, rel_layers: Sequence[float], prompt: int, n_tokens: int) -> dict[int, np.ndarray]:
@@ -82,10 +88,9 @@ def trained_keys(res: GeometryRun, P) -> list[tuple[str, str]]:
 
 
 def heatmaps(res: GeometryRun, P) -> dict[str, dict[int, np.ndarray]]:
-    """{label: {layer: cosine matrix}} of every trained model, at P.heatmap_layers of P.heatmap_prompt."""
-    return {table_label(*key): heatmap_matrices(*res.loaded[s], P, P.heatmap_layers, P.heatmap_prompt,
-                                                P.heatmap_tokens)
-            for s, key in zip(res.trained_specs, trained_keys(res, P))}
+    """{label: {layer: cosine matrix}} of every trained model, at P.heatmap_layers of P.heatmap_prompt
+    (computed by run while each model was loaded)."""
+    return res.heatmaps
 
 
 def difference_pairs(P) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -31,7 +31,7 @@ from ..models.spec import table_label
 from ..plots.style import model_keys
 from ..metrics.stats import pearson
 from ..tables import LONG_COLUMNS
-from .nb02_extract_states import load
+from .nb02_extract_states import free_memory, load
 
 NB = "04_shuffle_experiment"
 PROFILE_METRICS = ("id", "chi_1", "cos_full")
@@ -66,7 +66,8 @@ def run(P, progress: bool = True) -> ShuffleRun:
     corpus = load_corpus(P.corpus, P.corpus_path)
     tables, infos = [], []
     for spec in P.models:
-        df, sp = shuffle_experiment(spec, P, corpus, progress)
+        df, sp = shuffle_experiment(spec, P, corpus, progress)      # its model is released on return
+        free_memory()
         tables.append(df)
         infos.append(sp.info())
     long = pd.concat(tables, ignore_index=True)

@@ -14,7 +14,7 @@ from ..data.corpus import load_corpus
 from ..geometry import profile_summary
 from ..models.spec import table_label
 from ..plots.style import model_keys, with_labels
-from .nb02_extract_states import model_specs
+from .nb02_extract_states import free_memory, model_specs
 from .nb03_geometry_metrics import model_geometry
 from .nb04_shuffle_experiment import (PROFILE_METRICS, band_mean, correlation_long, id_loss_correlation, long_form,
                                       peaks, summary_long)
@@ -34,6 +34,8 @@ def comparison_tables(P, corpus, progress: bool = True) -> tuple[pd.DataFrame, p
                      "n_layers": lm.desc.n_layers, "d_model": lm.desc.d_model, "n_prompts": len(prompts),
                      "positions": len(prompts.ids[0]), "bos_dropped": bool(prompts.bos),
                      "quantized_from": lm.desc.quantized_from or ""})
+        del lm                               # one model in memory at a time
+        free_memory()
     return pd.concat(tables, ignore_index=True), pd.DataFrame(info)
 
 

@@ -301,7 +301,7 @@ def analyse_model(lm, P, nouns: Sequence[str]) -> ModelReport:
 
 
 def run_models(P, progress: bool = True, verbose: bool = True) -> dict[str, ModelReport]:
-    """Load each model of ``P.models`` in turn (``models.load_model`` with P.dtype / P.device), analyse it and
+    """Load each model of ``P.models`` in turn (``models.load_model`` with P.model_dtype / P.device), analyse it and
     free it, or read its report from the cache; returns label -> ModelReport in the order of P.models."""
     nouns = load_common_nouns(P.nouns_path)[:P.n_nouns]
     reports = {}
@@ -312,7 +312,7 @@ def run_models(P, progress: bool = True, verbose: bool = True) -> dict[str, Mode
         if not cached:
             torch.manual_seed(P.seed)                 # per model: a model's report does not depend on the others
             t0 = time.perf_counter()
-            lm = load_model(spec, dtype=P.dtype, device=P.device, out_dir=P.out_dir)
+            lm = load_model(spec, dtype=P.model_dtype, device=P.device, out_dir=P.out_dir)
             t_load = time.perf_counter() - t0
             rep = analyse_model(lm, P, nouns)
             rep = dataclasses.replace(rep, timings={"load": t_load, **rep.timings})

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -87,12 +87,15 @@ class NotebookParams:
     out_dir: str = "outputs"
     figures_dir: str = "figures"
     seed: int = 0
+    # old parameter name -> its current name; the old one is still accepted (profiles written before a rename)
+    ALIASES: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], notebook: str = "") -> "NotebookParams":
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]
         where = f" of notebook {notebook}" if notebook else ""
+        values = _apply_aliases(cls, dict(values), where)
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ParameterError(
@@ -135,6 +138,22 @@ class NotebookParams:
     @property
     def figures_path(self) -> Path:
         return resolve(self.figures_dir)
+
+
+def _apply_aliases(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Rename old parameter names (cls.ALIASES) to their current ones. Both given: the old name wins only
+    when the new one still holds its default (a notebook's parameters cell holds every default, papermill
+    injects the profile's old name beside it); two different non-default values are an error."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for old, new in cls.ALIASES.items():
+        if old not in values:
+            continue
+        v = values.pop(old)
+        if new in values and values[new] != v and values[new] != defaults.get(new):
+            raise ParameterError(f"parameters {old!r} (the old name of {new!r}) and {new!r}{where} disagree "
+                                 f"({v!r} vs {values[new]!r}); give only {new!r}")
+        values[new] = v
+    return values
 
 
 # ---------------------------------------------------------------- registry of notebooks

@@ -19,6 +19,27 @@ def _corpus_check(p) -> None:
         raise ParameterError(f"parameter 'corpus_path' is needed for corpus={p.corpus!r}")
 
 
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|meta")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _placement_check(p, dtypes: tuple[str, ...] = MODEL_DTYPES) -> None:
+    """device ('cpu', 'cuda', 'cuda:<n>', 'mps'), device_map (None or one of DEVICE_MAPS, where the notebook
+    has one) and model_dtype (one of `dtypes`). Whether the device exists here is the preflight's check
+    (tg_utils.preflight): a profile for a GPU machine still validates on a laptop."""
+    if not _DEVICE.fullmatch(p.device):
+        raise ParameterError(f"parameter 'device': {p.device!r} is not a device; use 'cpu', 'cuda' or 'cuda:<n>'")
+    if p.device == "meta" and not getattr(p, "remote", False):
+        raise ParameterError("parameter 'device': 'meta' (structure only, no weights) needs remote: true")
+    dm = getattr(p, "device_map", None)
+    if dm is not None and dm not in DEVICE_MAPS:
+        raise ParameterError(f"parameter 'device_map': {dm!r} is not one of {list(DEVICE_MAPS)} (or null)")
+    if p.model_dtype not in dtypes:
+        raise ParameterError(f"parameter 'model_dtype': {p.model_dtype!r} is not {', '.join(dtypes[:-1])} or "
+                             f"{dtypes[-1]}")
+
+
 @register("01_train_toy_models")
 @dataclass
 class TrainToyParams(NotebookParams):
@@ -47,10 +68,13 @@ class TrainToyParams(NotebookParams):
     eval_every: int = 40
     eval_tokens: int = 8192
     save_every: int = 40
+    device: str = "cpu"
+    model_dtype: str = "float32"         # bfloat16: the forward passes under torch.autocast (weights stay float32)
 
     def check(self) -> None:
         super().check()
         _corpus_check(self)
+        _placement_check(self, ("float32", "bfloat16"))
         self.positive("vocab_size", "n_layer", "d_model", "n_head", "d_ff", "context", "max_steps",
                       "batch_size", "grad_accum", "lr", "eval_every", "eval_tokens", "save_every")
         if self.d_model % self.n_head:
@@ -79,10 +103,15 @@ class PromptParams(NotebookParams):
     n_tokens: int = 256
     bos_models: list[str] = field(default_factory=lambda: ["gemma3-270m", "minilm-l6"])
     batch_size: int = 4
+    device: str = "cpu"
+    device_map: str | None = None        # "auto": spread a large model over the GPUs (needs accelerate + GPUs)
+    model_dtype: str = "float32"         # the weights' dtype (load_model); states are stored float32 and the
+                                         # metrics measure them in float64
 
     def check(self) -> None:
         super().check()
         _corpus_check(self)
+        _placement_check(self)
         self.positive("n_prompts", "n_tokens", "batch_size")
         if self.prompt_split not in ("train", "validation", "test"):
             raise ParameterError(f"parameter 'prompt_split': {self.prompt_split!r} is not train, validation or test")
@@ -122,8 +151,6 @@ class ExtractParams(PromptParams):
     models: list[str] = field(default_factory=lambda: ["smollm2-135m", "gemma3-270m", "minilm-l6"])
     toy_runs: list[str] = field(default_factory=lambda: list(TOY_RUNS))
     toy_random: bool = True             # also the random initialisation (checkpoint step 0)
-    device: str = "cpu"
-    device_map: str | None = None       # "auto": spread a large model over the GPUs (needs accelerate + GPUs)
     remote: bool = False                # nnsight remote=True on NDIF (needs a network and NDIF_API_KEY)
 
     def check(self) -> None:
@@ -172,8 +199,6 @@ class ShuffleParams(PromptParams):
     shuffle_indices: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
     bos_models: list[str] = field(default_factory=lambda: ["gemma3-270m"])
     batch_size: int = 1
-    device: str = "cpu"
-    device_map: str | None = None        # "auto": spread a large model over the GPUs
     range_max: int = 256
     k_max: int = 31
     n_boot: int = 1000
@@ -215,8 +240,6 @@ class ComparisonParams(PromptParams):
     models: list[str] = field(default_factory=lambda: ["smollm2-135m", "gemma3-270m", "minilm-l6"])
     toy_runs: list[str] = field(default_factory=lambda: list(TOY_RUNS))
     toy_random: bool = True
-    device: str = "cpu"
-    device_map: str | None = None        # "auto": spread a large model over the GPUs
     range_max: int = 256
     k_max: int = 31
     n_boot: int = 1000
@@ -302,8 +325,7 @@ class TrajectoryParams(NotebookParams):
             raise ParameterError("parameter 'word_prefixes' must list distinct prefixes ('' = the word alone)")
         if not 0 < self.convergence_threshold <= 1:
             raise ParameterError(f"parameter 'convergence_threshold' must be in (0, 1], got {self.convergence_threshold}")
-        if self.model_dtype not in ("float32", "float16", "bfloat16"):
-            raise ParameterError(f"parameter 'model_dtype': {self.model_dtype!r} is not float32, float16 or bfloat16")
+        _placement_check(self)
 
 
 # ---- 07_attention_geometry: class goes here (issue 8) ----
@@ -342,7 +364,8 @@ class AttentionGeometryParams(NotebookParams):
     umap_neighbors: int = 15
     umap_epochs: int | None = None       # None: UMAP's default (500 up to 10 000 rows), as the paper
     device: str = "cpu"
-    dtype: str = "float32"
+    model_dtype: str = "float32"
+    ALIASES = {"dtype": "model_dtype"}   # its name before notebooks 01-07 shared device / model_dtype
 
     CHOICES = {"ellipse_readout": ("paper", "update"), "readout_matrix": ("embedding", "unembedding"),
                "sign_side": ("key", "query"), "umap_rows": ("first", "random"),
@@ -374,7 +397,6 @@ class AttentionGeometryParams(NotebookParams):
         if self.umap_n_fit <= self.umap_neighbors + 1:
             raise ParameterError(f"parameter 'umap_n_fit' ({self.umap_n_fit}) must exceed 'umap_neighbors' + 1 "
                                  f"({self.umap_neighbors + 1})")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ParameterError(f"parameter 'dtype': {self.dtype!r} is not float32, bfloat16 or float16")
+        _placement_check(self)
         if not resolve(self.nouns_path).is_file():
             raise ParameterError(f"parameter 'nouns_path': no file {self.nouns_path!r}")

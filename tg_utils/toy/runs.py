@@ -63,12 +63,14 @@ def prepare_data(P) -> ToyData:
 
 
 def train_all(P, data: ToyData, progress: bool = True) -> pd.DataFrame:
-    """Train (or resume, or skip if finished) every run; returns the tidy logs of all runs."""
+    """Train (or resume, or skip if finished) every run on P.device (bfloat16 autocast when P.model_dtype is
+    bfloat16); returns the tidy logs of all runs."""
     logs = []
     vocab = len(data.tokenizer)
+    amp = None if P.model_dtype == "float32" else P.model_dtype
     for run in run_names(P):
         log = train_run(run_dir(P.out_dir, run), model_config(P, run, vocab), train_config(P, run),
                         data.ids["train"], data.ids["validation"], data.ids["test"],
-                        tokenizer=data.tokenizer, progress=progress, desc=run)
+                        tokenizer=data.tokenizer, progress=progress, desc=run, device=P.device, amp_dtype=amp)
         logs.append(log.assign(run=run))
     return pd.concat(logs, ignore_index=True)

@@ -4,6 +4,7 @@ trajectory, the log, the summary) are described and handled in tg_utils.toy.chec
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -74,6 +75,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return lr_min + (cfg.lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
+# ----------------------------------------------------------------------------------------- precision
+
+def autocast(device, amp_dtype: str | None):
+    """The forward passes' precision context: None (float32, no autocast: the CPU runs as they always were)
+    or "bfloat16" (torch.autocast on the device's type; the weights, gradients and optimizer stay float32)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    if amp_dtype != "bfloat16":
+        raise ValueError(f"amp_dtype must be None or 'bfloat16', got {amp_dtype!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
 # ----------------------------------------------------------------------------------------- data
 
 def encode_texts(tokenizer, texts: Sequence[str]) -> np.ndarray:
@@ -112,10 +125,10 @@ def eval_windows(n_tokens: int, context: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def evaluate_perplexity(model, ids, context: int, batch_size: int = 32, max_tokens: int | None = None,
-                        device=None) -> dict:
+                        device=None, amp_dtype: str | None = None) -> dict:
     """Token-weighted mean cross-entropy of next-token prediction over `ids` (first max_tokens tokens),
     in fixed non-overlapping windows of `context` targets. Returns {"loss", "ppl" = exp(loss), "tokens"}.
-    The model is put in eval mode and restored afterwards."""
+    The model is put in eval mode and restored afterwards. amp_dtype: see ``autocast``."""
     ids = _as_long(ids)
     if max_tokens is not None:
         ids = ids[:max_tokens]
@@ -132,7 +145,8 @@ def evaluate_perplexity(model, ids, context: int, batch_size: int = 32, max_toke
         groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]
         for group in groups:
             win = torch.stack([ids[s:e] for s, e in group]).to(device)  # (b, L+1)
-            logits = model(win[:, :-1])                                  # (b, L, V)
+            with autocast(device, amp_dtype):
+                logits = model(win[:, :-1])                              # (b, L, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten(), reduction="sum")
             total += loss.item()
             count += win[:, 1:].numel()
@@ -179,16 +193,21 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, val_ids, test_ids=None,
               tokenizer=None, progress: bool = True, stop_at: int | None = None, device="cpu",
-              desc: str | None = None) -> pd.DataFrame:
+              desc: str | None = None, amp_dtype: str | None = None) -> pd.DataFrame:
     """Train one toy model in run_dir and return its log (DataFrame, LOG_COLUMNS).
 
     train_ids / val_ids / test_ids: 1-D token streams (encode_texts). tokenizer: saved as run_dir/tokenizer.json
     (the checkpoints' tokenizer reference). Resumes from the latest good resumable checkpoint and continues
     exactly as an uninterrupted run would (same data order, RNG, optimizer state); a finished run
     (summary.json present) returns its log at once. stop_at: stop after that many updates (saving last.pt),
-    e.g. to split a run over sessions. A run_dir holding a different config is an error."""
+    e.g. to split a run over sessions. A run_dir holding a different config is an error.
+    device: where the model trains ("cpu", "cuda", ...; checkpoints are written from CPU copies, so a run
+    resumes on another device). amp_dtype: None (float32) or "bfloat16" (``autocast``); a bfloat16 run
+    records it in config.json, so it never resumes a float32 run or the other way round."""
     run_dir = Path(run_dir)
     config = {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict()}
+    if amp_dtype is not None:
+        config["autocast"] = amp_dtype
     tokenizer = open_run(run_dir, config, tokenizer)
     if is_finished(run_dir, train_cfg.max_steps):
         return read_log(run_dir)
@@ -223,7 +242,7 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
     traj = set(checkpoint_steps(tc.max_steps))
 
     def evaluate_val() -> dict:
-        return evaluate_perplexity(model, val_ids, ctx, tc.eval_batch_size, tc.eval_tokens, device)
+        return evaluate_perplexity(model, val_ids, ctx, tc.eval_batch_size, tc.eval_tokens, device, amp_dtype)
 
     def make_ckpt(with_optimizer: bool) -> dict:
         return make_checkpoint(step, config, model, opt if with_optimizer else None, gen, tok_ref,
@@ -255,7 +274,8 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
             for _ in range(tc.grad_accum):
                 x, y = random_batch(train_ids, tc.batch_size, ctx, gen)
                 x, y = x.to(device), y.to(device)
-                logits = model(x)
+                with autocast(device, amp_dtype):
+                    logits = model(x)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
                 (loss / tc.grad_accum).backward()
                 loss_sum += loss.item()
@@ -278,7 +298,7 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
                 ev = evaluate_val()
                 row.update(val_loss=ev["loss"], val_ppl=ev["ppl"])
             if step == tc.max_steps and test_ids is not None:
-                ev = evaluate_perplexity(model, test_ids, ctx, tc.eval_batch_size, None, device)
+                ev = evaluate_perplexity(model, test_ids, ctx, tc.eval_batch_size, None, device, amp_dtype)
                 row.update(test_loss=ev["loss"], test_ppl=ev["ppl"])
             elapsed += time.perf_counter() - t0
             row["elapsed_s"] = elapsed
@@ -309,7 +329,7 @@ def train_run(run_dir, model_cfg: ToyConfig, train_cfg: TrainConfig, train_ids, 
         if tc.eval_tokens is None or tc.eval_tokens >= len(val_ids):
             val = {"loss": final["val_loss"], "ppl": final["val_ppl"], "tokens": len(val_ids) - 1}
         else:
-            val = evaluate_perplexity(model, val_ids, ctx, tc.eval_batch_size, None, device)
+            val = evaluate_perplexity(model, val_ids, ctx, tc.eval_batch_size, None, device, amp_dtype)
         summary.update(val_loss=val["loss"], val_ppl=val["ppl"], val_tokens=val["tokens"],
                        unigram_val_ppl=unigram_perplexity(train_ids, val_ids, model_cfg.vocab_size))
         if test_ids is not None:

@@ -66,7 +66,16 @@ def vocab_extremes(vectors, rows, k: int = 10, norm=None, chunk: int = CHUNK,
     chunks of the vocabulary in one pass, keeping the k largest per vector and the k smallest of the first
     ``bottom`` vectors (True: all, False: none; an int: that many leading vectors, so that vectors that
     need both ends and vectors that need only the top share one pass and one product per chunk).
-    Computed in ``dtype`` on the rows' device; results on the CPU."""
+    Computed in ``dtype`` on the rows' device (``scan_extremes``); results on the CPU."""
+    ext = scan_extremes(vectors, rows, k, norm, chunk, dtype, bottom)
+    return VocabExtremes(ext.top_values.cpu(), ext.top_ids.cpu(), ext.bottom_values.cpu(), ext.bottom_ids.cpu())
+
+
+def scan_extremes(vectors, rows, k: int = 10, norm=None, chunk: int = CHUNK,
+                  dtype: torch.dtype = SCAN_DTYPE, bottom: bool | int = True) -> VocabExtremes:
+    """``vocab_extremes`` with its results left where it computed them: the vectors are moved to the rows'
+    device, every buffer is made there and each chunk's scores are brought there (a norm callable may
+    answer on its own device)."""
     R = tensor(rows)
     X = tensor(vectors, dtype).to(R.device)
     if X.ndim == 1:
@@ -86,11 +95,11 @@ def vocab_extremes(vectors, rows, k: int = 10, norm=None, chunk: int = CHUNK,
         return vals, torch.cat([ids, ci + i], 1).gather(1, idx)
 
     for i, j in chunks(V, chunk):
-        s = X @ f(R[i:j].to(dtype)).T                                       # [m, c]
+        s = X @ f(R[i:j].to(dtype)).to(R.device, dtype).T                   # [m, c]
         tv, ti = merge(tv, ti, s, i, True)
         if nb:
             bv, bi = merge(bv, bi, s[:nb], i, False)
-    return VocabExtremes(tv.cpu(), ti.cpu(), bv.cpu(), bi.cpu())
+    return VocabExtremes(tv, ti, bv, bi)
 
 
 # ============================================================================ embedding norms
