@@ -67,6 +67,7 @@ KNOWN_SIZES = {
     "EleutherAI/pythia-1.4b": ModelSize(1.41e9, 24, 2048, 50304, heads=16),
     "EleutherAI/pythia-160m": ModelSize(1.62e8, 12, 768, 50304, heads=12),
     "openai-community/gpt2": ModelSize(1.24e8, 12, 768, 50257, 4, 12),
+    "gpt2": ModelSize(1.24e8, 12, 768, 50257, 4, 12),          # the same model under its short hub id
     "allenai/OLMo-1B-hf": ModelSize(1.18e9, 16, 2048, 50304, 4, 16),
     "smollm2-135m": ModelSize(1.35e8, 30, 576, 49152, 4, 9),
     "gemma3-270m": ModelSize(2.68e8, 18, 640, 262144, 4, 4),
@@ -201,8 +202,10 @@ def estimate(nb: str, P, sizes: dict, downloads_gb: float = 0.0, toy_steps: int 
         for spec, s in items:
             dh = s.d_model // max(1, s.heads)
             svd = s.n_layers * 2 * s.heads * 8 * s.d_model * dh * dh
-            scans = len(P.depths) * 2 * s.vocab * s.d_model * (4 * s.heads * P.n_components + 2 * P.n_nouns * 4)
-            umap = P.umap_n_fit * P.umap_epochs * UMAP_S / threads + P.umap_n_fit ** 2 * s.d_model * 2 / cpu
+            n_blocks = len(P.blocks) if getattr(P, "blocks", None) else len(P.depths)
+            scans = n_blocks * 2 * s.vocab * s.d_model * (4 * s.heads * P.n_components + 2 * P.n_nouns * 4)
+            epochs = P.umap_epochs or (200 if P.umap_n_fit > 10000 else 500)     # UMAP's own default
+            umap = P.umap_n_fit * epochs * UMAP_S / threads + P.umap_n_fit ** 2 * s.d_model * 2 / cpu
             secs += load + (svd + scans) / rate + umap
             gmem = max(gmem, 1.2 * _weights_gb(s, dt) + 2 * s.vocab * s.d_model * 4 / GB + 0.5 if gpu else 0.0)
             ram = max(ram, BASE_RAM_GB + (0 if gpu else 1.2 * _weights_gb(s, dt)) + s.vocab * s.d_model * 8 / GB)

@@ -142,6 +142,7 @@ def _specs_check(p, names: list[str]) -> None:
                 check_spec(spec)
             except ParameterError as e:
                 raise ParameterError(f"parameter {name!r}: {e}") from None
+    _some_model(p, ["models", "toy_runs"] if hasattr(p, "toy_runs") else ["models"])
 
 
 @register("02_extract_states")
@@ -156,7 +157,6 @@ class ExtractParams(PromptParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
-        _some_model(self, ["models", "toy_runs"])
 
 
 @register("03_geometry_metrics")
@@ -177,7 +177,6 @@ class GeometryParams(PromptParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
-        _some_model(self, ["models", "toy_runs"] if hasattr(self, "toy_runs") else ["models"])
         self.positive("heatmap_tokens", "range_max", "k_max", "n_boot")
         if not 0 <= self.heatmap_prompt < self.n_prompts:
             raise ParameterError(f"parameter 'heatmap_prompt' must be in [0, n_prompts), got {self.heatmap_prompt}")
@@ -209,7 +208,6 @@ class ShuffleParams(PromptParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
-        _some_model(self, ["models", "toy_runs"] if hasattr(self, "toy_runs") else ["models"])
         self.positive("range_max", "k_max", "n_boot")
         if not self.models:
             raise ParameterError("parameter 'models' must name at least one model")
@@ -247,7 +245,6 @@ class ComparisonParams(PromptParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
-        _some_model(self, ["models", "toy_runs"] if hasattr(self, "toy_runs") else ["models"])
         self.positive("range_max", "k_max", "n_boot")
         if not self.models and not self.toy_runs:
             raise ParameterError("parameters 'models' and 'toy_runs' are both empty: nothing to compare")
@@ -375,7 +372,6 @@ class AttentionGeometryParams(NotebookParams):
     def check(self) -> None:
         super().check()
         _specs_check(self, ["models"])
-        _some_model(self, ["models", "toy_runs"] if hasattr(self, "toy_runs") else ["models"])
         if not self.models:
             raise ParameterError("parameter 'models' must name at least one model")
         self.positive("top_k", "n_components", "n_nouns", "ellipse_heads", "show_heads", "umap_neighbors",
