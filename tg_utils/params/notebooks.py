@@ -296,9 +296,9 @@ class TrajectoryParams(NotebookParams):
         self.positive("batch_tokens", "n_seqs", "seq_len", "spectra_shown", "phase_min_len", "words_per_bucket",
                       "min_contexts", "min_context_words", "context_words_per_bucket", "min_rankme_slope",
                       "min_alpha_slope")
-        _specs_check(self, ["models"])
         if not self.toy_runs and not self.models:
             raise ParameterError("parameters 'toy_runs' and 'models' are both empty: nothing to trace")
+        _specs_check(self, ["models"])
         if any("@" in m for m in self.models):
             raise ParameterError("parameter 'models': give hub ids without @revision; list the revisions "
                                  "in 'revisions'")
