@@ -79,7 +79,7 @@ def test_per_table_toy_tolerance_and_all_toy_notebooks():
 def test_timing_columns_are_ignored():
     df = loss()
     assert one(df, df.assign(wall_s=[3.0, 70.0, 1.0]), LOSS).status == "identical"
-    assert C.is_timing("elapsed_s") and C.is_timing("peak_rss_gib") and C.is_timing("finished")
+    assert all(map(C.is_timing, ["elapsed_s", "train_time_s", "seconds", "peak_rss_gib", "finished"]))
     assert not C.is_timing("s_ref") and not C.is_timing("shuffle_index")
 
 
@@ -126,6 +126,10 @@ def test_dirs_missing_and_extra_tables_and_exit_status(tmp_path, capsys):
     assert out.splitlines()[0].startswith(f"{PROFILES}: column mean") and "1 beyond" in out
     assert C.main([str(committed), str(beyond), "--no-fail"]) == 0
     capsys.readouterr()
+
+    empty = write(tmp_path / "empty", {PROFILES: pd.DataFrame()})    # a notebook with nothing to tabulate
+    assert [r.status for r in C.compare_dirs(empty, empty)] == ["identical"]
+    assert [r.status for r in C.compare_dirs(committed, empty, ["03"])] == ["beyond"]
 
     partial = write(tmp_path / "partial", {PROFILES: profiles(), "03_geometry_metrics/new.csv": loss()})
     results = C.compare_dirs(committed, partial)

@@ -58,7 +58,7 @@ VALUE_COLUMNS = {
     "07_attention_geometry/norm_scorings.csv": ("token", "listed", "labelled"),
 }
 KEY_FLOATS = {"07_attention_geometry/svd_coverage.csv": ("rank", "level")}
-TIMING = re.compile(r"(_s|_sec|_seconds|_time|_gib)$|^(finished|elapsed|duration|wall|time|timestamp)$")
+TIMING = re.compile(r"(_s|_sec|_secs|_seconds|_time|_gib)$|^(seconds|secs|finished|elapsed|duration|wall|time|timestamp)$")
 
 
 @dataclass
@@ -199,7 +199,12 @@ def _row(row: pd.Series, keys: list[str]) -> str:
 
 
 def read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, low_memory=False)      # whole-file type inference: same dtypes both sides
+    """A CSV as written (whole-file type inference: the same dtypes on both sides); an empty table
+    (no columns: a notebook found nothing to tabulate) as an empty frame."""
+    try:
+        return pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def csv_tables(folder: Path, only: list[str] | None = None) -> dict[str, Path]:
