@@ -40,16 +40,19 @@ def test_long_tables(tmp_path):
 
 
 def test_saving_a_figure_twice_gives_identical_bytes(tmp_path):
-    """No timestamps in PDF or PNG: a re-run leaves committed figures unchanged (the saves are more than
-    a second apart, so a creation date would differ)."""
+    """No timestamps in PDF or PNG and floats at a fixed precision in the CSV: a re-run leaves committed
+    figures unchanged (the saves are more than a second apart, so a creation date would differ)."""
     import time
     fig, ax = plt.subplots()
     ax.plot([1, 3, 2], label="a")
     ax.legend()
-    save_figure(fig, "01_x", "f", "a caption", figures_dir=tmp_path)
+    data = pd.DataFrame({"step": [0, 1, 2], "value": [1 / 3, 3.0, 2 / 7]})
+    save_figure(fig, "01_x", "f", "a caption", data, figures_dir=tmp_path)
     first = {p.name: p.read_bytes() for p in (tmp_path / "01_x").iterdir()}
     time.sleep(1.1)
-    save_figure(fig, "01_x", "f", "a caption", figures_dir=tmp_path)
+    noisy = data.assign(value=data["value"] * (1 + 1e-9))     # float noise in the numbers: the same CSV
+    save_figure(fig, "01_x", "f", "a caption", noisy, figures_dir=tmp_path)
     second = {p.name: p.read_bytes() for p in (tmp_path / "01_x").iterdir()}
     plt.close(fig)
-    assert first == second and {"f.png", "f.pdf"} <= set(first)
+    assert first == second and {"f.png", "f.pdf", "f.csv"} <= set(first)
+    assert first["f.csv"] == b"step,value\n0,0.333333\n1,3.0\n2,0.285714\n"

@@ -1,11 +1,13 @@
 """Figures: saved as PNG and PDF under <figures_dir>/<notebook>/, each with a one-line caption and
-its numbers as a tidy CSV beside it; the gallery <figures_dir>/README.md is rewritten on every save."""
+its numbers as a tidy CSV beside it (tables.write_csv); the gallery <figures_dir>/README.md is
+rewritten on every save."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .paths import atomic_path, resolve, write_text_atomic
+from .tables import write_csv
 
 CAPTIONS = "captions.json"
 # No creation date (PDF) and no version string (PNG): saving the same figure twice gives the same bytes,
@@ -27,9 +29,8 @@ def save_figure(fig, notebook: str, name: str, caption: str, data=None,
     for ext in ("png", "pdf"):
         with atomic_path(folder / f"{name}.{ext}") as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=ext, metadata=STABLE_METADATA[ext])
-    if data is not None:
-        with atomic_path(folder / f"{name}.csv") as tmp:
-            data.to_csv(tmp, index=False)
+    if data is not None:      # floats at tables.SIGNIFICANT_DIGITS: float noise leaves the CSV unchanged
+        write_csv(data, folder / f"{name}.csv")
     caps_path = folder / CAPTIONS
     caps = json.loads(caps_path.read_text()) if caps_path.exists() else {}
     caps[name] = caption.strip()

@@ -2,7 +2,8 @@
 one profile's parameters, logs wall time and peak memory per notebook, and on a failure names the
 executed notebook and the failing cell and exits non-zero. Before the first notebook the preflight
 (tg_utils.preflight: models, data, access, devices, estimates) runs and a problem stops the run; --check
-runs only the preflight. The rehearsal profile runs against its stand-in hub cache (tg_utils.rehearsal),
+runs only the preflight. After a default run the figure tables are compared with the committed ones
+(tg_utils.compare; a summary, never a failure). The rehearsal profile runs against its stand-in hub cache (tg_utils.rehearsal),
 built once under <out>/rehearsal_hub (or $TG_REHEARSAL_HUB) and used offline.
 
     python -m tg_utils.runner --kernel token-geometry [--profile default] [--only 03 04] [--out DIR] [--check]
@@ -26,7 +27,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from . import preflight, rehearsal
+from . import compare, preflight, rehearsal
 from .params import ParameterError, load_profile, params_class
 from .paths import resolve
 
@@ -240,6 +241,7 @@ def _run_all(args, notebooks: list[Path], sections: dict, out: Path, figs: Path,
           flush=True)
     passed = 0
     t_all = time.perf_counter()
+    reference = reference_figures(figs, tmp) if args.profile == "default" else None
     for nb in notebooks:
         params = {**sections[nb.stem], "profile": args.profile, "out_dir": str(out), "figures_dir": str(figs)}
         executed = out / "notebooks" / nb.name
@@ -265,8 +267,38 @@ def _run_all(args, notebooks: list[Path], sections: dict, out: Path, figs: Path,
             return 1
         passed += 1
     print(f"[run_all] all done in {time.perf_counter() - t_all:.0f} s; log: {log_path}")
+    print_comparison(reference, figs, notebooks, args.profile)
     print(f"{passed} passed, 0 failed")
     return 0
+
+
+def reference_figures(figs: Path, tmp: Path) -> Path:
+    """The figures a default run is compared with: the repository's figures/, or, when the run writes
+    into figures/ itself, a copy of its CSVs taken before the first notebook (under the run's tmp/)."""
+    committed = resolve("figures")
+    if not committed.is_dir() or figs.resolve() != committed.resolve():
+        return committed
+    copy = tmp / "committed_figures"
+    for p in committed.rglob("*.csv"):
+        (copy / p.relative_to(committed)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, copy / p.relative_to(committed))
+    return copy
+
+
+def print_comparison(reference: Path | None, figs: Path, notebooks: list[Path], profile: str) -> None:
+    """Print how the run's figure tables compare with the committed ones (tg_utils.compare): one line per
+    table beyond tolerance and the summary. Never fails the run."""
+    if reference is None:
+        print(f"[compare] not compared with the committed figures: they come from the default profile, "
+              f"this run used {profile}", flush=True)
+        return
+    try:
+        results = compare.compare_dirs(reference, figs, [f"{nb.stem}/" for nb in notebooks])
+    except Exception as e:   # noqa: BLE001  (a finished run stays a success whatever the comparison meets)
+        print(f"[compare] the comparison with the committed figures failed: {type(e).__name__}: {e}", flush=True)
+        return
+    for line in compare.report(results, prefix="[compare] "):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
