@@ -53,9 +53,15 @@ def test_preflight_reports_a_missing_local_revision(tmp_path, monkeypatch):
 
 
 def test_the_committed_folder_is_what_make_local_writes(tmp_path):
+    """Weights within 1e-6: torch's normal_ draws the same stream on every CPU, but its vectorised and scalar
+    kernels (ATEN_CPU_CAPABILITY avx2 / avx512 / default) evaluate Box-Muller's log, sin and cos to
+    different last bits: measured up to 3.6e-8 on these std-0.02 weights, while another seed differs by
+    ~0.03. Config and tokenizer (no floating point) exactly."""
     make_local(tmp_path / "opt")
     for step in ("step0", "step8"):
         new, old = (load_file(str(d / step / "model.safetensors")) for d in (tmp_path / "opt", LOCAL))
-        assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
+        assert new.keys() == old.keys()
+        for k in new:
+            torch.testing.assert_close(new[k], old[k], rtol=0, atol=1e-6, msg=k)
         for f in ("config.json", "tokenizer.json"):
             assert json.loads((tmp_path / "opt" / step / f).read_text()) == json.loads((LOCAL / step / f).read_text())
