@@ -125,7 +125,7 @@ def findings(res: Results, threshold: float = 0.9, P=None) -> str:
         pert = res.perturbation
         out.append("")
         out.append("== Context perturbation (P1: same word in its other contexts; P2: same sentence, last word swapped "
-                   "for one ending in the same token; raw states, and centred = minus the windows' mean state) ==")
+                   "for one ending in the same token; raw states, and centred = minus the mean state of the spectra sequences) ==")
         for t, g in pert.groupby("trajectory", sort=False):
             L = int(g.layer.max())
             mid = max(1, L // 2)

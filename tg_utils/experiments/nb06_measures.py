@@ -83,7 +83,7 @@ class CheckpointResult:
     p1: np.ndarray | None                        # (n_words, L), raw states
     p2: np.ndarray | None
     seconds: float
-    p1_centred: np.ndarray | None = None         # (n_words, L), states minus the windows' mean state
+    p1_centred: np.ndarray | None = None         # (n_words, L), states minus the spectra sequences' mean state
     p2_centred: np.ndarray | None = None
 
 
@@ -136,7 +136,7 @@ def measure_checkpoint(lm, inputs: Inputs, P, step: int) -> CheckpointResult:
 
 def spectra_rows(traj: Trajectory, results: Sequence[CheckpointResult]) -> pd.DataFrame:
     """Long table (tables.LONG_COLUMNS + trajectory, step) of the spectral metrics per checkpoint and
-    layer; prompt_id -1 (a metric of the whole set of windows), shuffle_index 0; next_token_nll at the
+    layer; prompt_id -1 (a metric of the whole set of sequences), shuffle_index 0; next_token_nll at the
     final-normed layer."""
     rows = []
     for r in results:
@@ -228,7 +228,7 @@ def convergence_rows(traj: Trajectory, inputs: Inputs, results: Sequence[Checkpo
 def perturbation_rows(traj: Trajectory, inputs: Inputs, results: Sequence[CheckpointResult]) -> pd.DataFrame:
     """word_states.perturbation_by_bucket at every checkpoint, with trajectory, step and `states` columns:
     "raw" (cosines of the states, the definition) and "centred" (of the states minus the mean last-token
-    state of the spectrum windows at that layer and checkpoint: a common direction that every state
+    state of the spectra sequences at that layer and checkpoint: a common direction that every state
     shares makes every raw cosine close to 1 and hides the differences)."""
     if inputs.contexts is None:
         return pd.DataFrame()
