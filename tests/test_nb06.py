@@ -4,6 +4,7 @@ the last-token NLL, table schemas, the convergence summary, the parameters, and 
 toy model trained here for a few steps."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import types
@@ -23,7 +24,7 @@ from tg_utils.metrics import trajectory as T
 from tg_utils.metrics import word_states as WS
 from tg_utils.models.spec import ModelSpec
 from tg_utils.models.unembed import model_nll
-from tg_utils.params.notebooks import TrajectoryParams
+from tg_utils.params.trajectory import TrajectoryParams
 from tg_utils.params import ParameterError
 from tg_utils.plots import trajectory as PT
 from tg_utils.tables import check_long
@@ -96,7 +97,7 @@ def test_trajectories_from_parameters(tmp_path):
     (dict(models=["a/b"]), "revisions"),
     (dict(models=["a/b"], revisions=["step0", "main"]), "does not name a step"),
     (dict(models=["a/b@step1"], revisions=["step0", "step1"]), "without @revision"),
-    (dict(n_seqs=10), "n_seqs"),
+    (dict(n_seqs=10, spectra_sequences="windows"), "n_seqs"),
     (dict(phase_smooth=2), "phase_smooth"),
     (dict(context_buckets=[1, 2]), "context_buckets"),
     (dict(word_prefixes=["", ""]), "word_prefixes"),
@@ -114,9 +115,11 @@ def test_default_parameters_validate():
     TrajectoryParams().check()
 
 
-def test_default_profile_reads_512_windows_of_128_tokens():
-    """Issue 7: the spectra of the default profile use at least 512 validation sequences of 128 tokens."""
+def test_default_profile_reads_the_papers_documents_of_128_tokens():
+    """Issues 7 / 17: the spectra of the default profile use the Tracing paper's sequences (every validation
+    document, its first <= 128 tokens); the windows variant keeps 512 windows of 128 tokens."""
     P = TrajectoryParams()
+    assert P.spectra_sequences == "documents" and P.max_docs is None and P.min_doc_tokens == 10
     assert P.n_seqs >= 512 and P.seq_len >= 128 and P.spectra_split == "validation"
 
 
@@ -325,16 +328,18 @@ def test_centred_perturbation_removes_a_shared_direction():
     assert cen.diff.mean() > 0.5
 
 
-def test_warmup_collapse_may_start_with_flat_intervals():
-    """With log-spaced checkpoints the first updates barely move RankMe: leading flat intervals followed by
-    a fall are the warmup collapse (a flat start alone is not)."""
+def test_warmup_collapse_starts_where_rankme_falls():
+    """With log-spaced checkpoints the first updates barely move RankMe: leading flat intervals are not
+    part of the warmup collapse, which starts at the last checkpoint before RankMe falls (issue 17)."""
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 160]
     rk = [88.7, 87.7, 83.0, 73.0, 7.5, 2.0, 1.3, 2.8, 4.6, 5.3]           # llama-preln as measured
     al = [0.826, 0.840, 0.874, 0.948, 0.902, 0.962, 2.009, 2.981, 3.569, 3.681]
     iv = T.phase_intervals(steps, rk, al, warmup_until=16)
     assert iv.rankme_sign[0] == 0                                          # 0 -> 1 is flat
+    first_down = int(np.flatnonzero(iv.rankme_sign < 0)[0])
     ph = T.mark_phases(steps, rk, al, warmup_until=16)
-    assert (ph[0].phase, ph[0].start_step, ph[0].end_step) == (T.WARMUP, 0, 16)
+    assert (ph[0].phase, ph[0].start_step, ph[0].end_step) == (T.WARMUP, steps[first_down], 16)
+    assert first_down > 0
     flat_then_up = T.mark_phases(steps, [50, 50.1, 50, 60, 80, 100, 120, 140, 160, 170], np.linspace(1.0, 0.5, 10))
     assert T.WARMUP not in {p.phase for p in flat_then_up}
 
@@ -354,11 +359,12 @@ def _tiny_corpus(seed=0):
            "population", "revolution", "character", "community", "agreement", "structure", "movement"]
     adj = ["ancient", "modern", "strange", "famous", "complex", "simple", "northern"]
 
-    def article(n):
-        return " ".join(f"{rng.choice(subj)} {rng.choice(verb)} the {rng.choice(adj)} {rng.choice(obj)}. "
+    def article(n, sep=" "):
+        return sep.join(f"{rng.choice(subj)} {rng.choice(verb)} the {rng.choice(adj)} {rng.choice(obj)}. "
                         f"It was {rng.choice(adj)} and {rng.choice(adj)}." for _ in range(n))
-    arts = {s: [Article(f"{s}{i}", article(60)) for i in range(k)] for s, k in
-            (("train", 6), ("validation", 2), ("test", 1))}
+    # validation: one line (a document of the spectra) per pair of sentences
+    arts = {s: [Article(f"{s}{i}", article(60, "\n" if s == "validation" else " ")) for i in range(k)]
+            for s, k in (("train", 6), ("validation", 2), ("test", 1))}
     return Corpus("tiny", arts)
 
 
@@ -384,9 +390,22 @@ def test_end_to_end_on_a_tiny_trained_toy_model(tmp_path):
     P = TrajectoryParams(out_dir=str(tmp_path), figures_dir=str(tmp_path / "figures"), toy_runs=["tiny"],
                          n_seqs=24, seq_len=16, words_path=None, contexts_path=None, word_buckets=[1, 2, 3, 4],
                          words_per_bucket=4, context_buckets=[2, 3, 4], min_context_words=2,
-                         context_words_per_bucket=3, batch_tokens=128)
+                         context_words_per_bucket=3, batch_tokens=128, min_bucket_words=2)
     P.check()
-    res = nb06.run_trajectories(P, corpus=corpus, progress=False)
+    traj = nb06.trajectories(P)[0]
+    words_only = dataclasses.replace(traj, name="tiny (words)", spectra=False)
+    res = nb06.run_trajectories(P, [traj, words_only], corpus=corpus, progress=False)
+    assert set(res.spectra.trajectory) == {"tiny"}                     # words-only: no spectra ...
+    assert set(res.convergence.trajectory) == set(res.perturbation.trajectory) == {"tiny", "tiny (words)"}
+    wo = res.perturbation[res.perturbation.trajectory == "tiny (words)"]
+    assert set(wo.states) == {"raw"}                                   # ... nor centred states
+    pd.testing.assert_frame_equal(                                     # the same word numbers
+        res.convergence[res.convergence.trajectory == "tiny"].drop(columns="trajectory").reset_index(drop=True),
+        res.convergence[res.convergence.trajectory == "tiny (words)"].drop(columns="trajectory").reset_index(drop=True))
+    info = res.inputs["tiny"]
+    assert info["sequences"] == "documents" and info["n_seqs"] == info["n_available"] >= 14
+    assert res.inputs["tiny (words)"]["n_seqs"] == 0
+    res = nb06.run_trajectories(P, [traj], corpus=corpus, progress=False)
 
     assert res.checkpoints.step.tolist() == [0, 1, 2, 4, 8] and res.warmup == {"tiny": 2}
     check_long(res.spectra)

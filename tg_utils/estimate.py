@@ -188,15 +188,21 @@ def estimate(nb: str, P, sizes: dict, downloads_gb: float = 0.0, toy_steps: int 
         notes = f"largest: {big} ({per_model[big]:.1f} GB of states in RAM)" if big else ""
     elif nb == "06_training_trajectory_phases":
         n_ck = len(P.revisions) if P.models else 0
+        # documents: N is known only after tokenising; max_docs, else n_seqs, stands for it here
+        n_sp = P.n_seqs if getattr(P, "spectra_sequences", "windows") == "windows" else (P.max_docs or P.n_seqs)
+        words = (P.n_sampled_words if getattr(P, "word_sampling", "top") == "sample"
+                 else P.words_per_bucket * len(P.word_buckets))
+        spectra_specs = {f"{m}@{r}" for m in P.models for r in P.revisions}
         for spec, s in items:                     # a hub spec is one revision; a toy run has toy_steps
             ck = 1 if not spec.startswith("toy:") else toy_steps
-            tok = P.n_seqs * P.seq_len + P.words_per_bucket * len(P.word_buckets) * len(P.word_prefixes) * 8
+            n = n_sp if spec.startswith("toy:") or spec in spectra_specs else 0     # word models: no spectra
+            tok = n * P.seq_len + words * len(P.word_prefixes) * 8
             secs += ck * (2 * s.params * tok / rate + _weights_gb(s, dt) * GB / LOAD_BPS
-                          + s.n_layers * P.n_seqs * s.d_model * min(P.n_seqs, s.d_model) * SPECTRA_S / threads)
+                          + s.n_layers * n * s.d_model * min(n, s.d_model) * SPECTRA_S / threads)
             disk += 0.01                                                # tables; weights: downloads
             gmem = max(gmem, _gpu_gb(s, dt, P.batch_tokens // P.seq_len, P.seq_len, gpu))
             ram = max(ram, BASE_RAM_GB + (0 if gpu else _weights_gb(s, dt))
-                      + P.n_seqs * (s.n_layers + 2) * s.d_model * 8 / GB)
+                      + n * (s.n_layers + 2) * s.d_model * 8 / GB)
         notes = f"{n_ck} revisions per hub model" if P.models else "toy checkpoints"
     elif nb == "07_attention_geometry":
         for spec, s in items:

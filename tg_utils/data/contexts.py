@@ -140,6 +140,7 @@ def load_contexts(path: str | Path = CONTEXTS_PATH) -> dict:
 
 # ============================================================================ per-tokenizer contexts
 
+SWAP_COLUMNS = ["word", "k", "swap_word", "swap_text", "swap_ids", "swap_last_pos"]
 CONTEXT_COLUMNS = ["word", "bucket", "context", "text", "ids", "last_pos", "last_token_id",
                    "swap_word", "swap_bucket", "swap_text", "swap_ids", "swap_last_pos"]
 
@@ -160,6 +161,7 @@ class ContextSet:
     report: pd.DataFrame
     key: str
     params: dict = field(default_factory=dict)
+    swaps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SWAP_COLUMNS))
 
     @property
     def words(self) -> list[str]:
@@ -182,16 +184,32 @@ class ContextSet:
         """Token ids of the swapped sentences, in table order."""
         return list(self.table["swap_ids"])
 
+    def first_swap_prompts(self) -> list[list[int]]:
+        """Token ids of the swapped variants of each word's first context (`swaps`, in its order)."""
+        return list(self.swaps["swap_ids"])
+
+    def stack_first_swaps(self, states) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row states of `swaps` (n_swap_rows, ...) -> (stacked (n_words, K, ...), mask (n_words, K)),
+        K = the most swaps of a word, words in `words` order; missing slots zeros with mask False."""
+        a = _numpy(states)
+        if a.shape[0] != len(self.swaps):
+            raise ValueError(f"got {a.shape[0]} states for {len(self.swaps)} swapped first contexts")
+        row = {w: i for i, w in enumerate(self.words)}
+        k = self.swaps["k"].to_numpy()
+        K = int(k.max()) + 1 if len(k) else 0
+        out = np.zeros((len(row), K, *a.shape[1:]), dtype=a.dtype)
+        idx = np.array([row[w] for w in self.swaps["word"]], dtype=np.int64)
+        out[idx, k] = a
+        mask = np.zeros((len(row), K), bool)
+        mask[idx, k] = True
+        return out, mask
+
     def stack(self, states) -> tuple[np.ndarray, np.ndarray]:
         """Per-row states (n_rows, ...) in table order -> (stacked (n_words, C, ...), mask (n_words, C))
         with C = the most contexts of a word; missing slots are zeros with mask False (pass the mask
         as `base_mask` to `trajectory.perturbation_scores`). With the default max_contexts =
         min_contexts every word has C contexts and the mask is all True."""
-        if hasattr(states, "detach"):                      # a torch tensor (any device, any dtype)
-            states = states.detach().cpu()
-            states = states.float() if str(states.dtype) == "torch.bfloat16" else states
-            states = states.numpy()
-        a = np.asarray(states)
+        a = _numpy(states)
         if a.shape[0] != len(self.table):
             raise ValueError(f"got {a.shape[0]} states for {len(self.table)} contexts")
         n = self.n_contexts
@@ -200,6 +218,45 @@ class ContextSet:
         out[word_idx, self.table["context"].to_numpy()] = a
         mask = np.arange(out.shape[1])[None, :] < n[:, None]
         return out, mask
+
+
+def _numpy(states) -> np.ndarray:
+    """States as a numpy array (a torch tensor of any device and dtype is brought to the CPU)."""
+    if hasattr(states, "detach"):
+        states = states.detach().cpu()
+        states = states.float() if str(states.dtype) == "torch.bfloat16" else states
+        states = states.numpy()
+    return np.asarray(states)
+
+
+def _first_context_swaps(first: Mapping[str, dict], wids: Mapping[str, list], pools, tokenizer, prefix: str,
+                         bos: list, n_swaps: int, seed: int) -> pd.DataFrame:
+    """Up to `n_swaps` swapped variants of each word's first kept context: its own swap (k = 0), then
+    other partners from the same last-token pool in seeded hash order, each kept only if its ids are the
+    base ids with the word's tokens replaced by the partner's (as build_contexts checks). Token
+    Representation Evolution compares its base sentence with up to 5 such "replaced_sentences"
+    (multitoken_context_perturbation.py:147-149; multitoken_words_contexts.json)."""
+    rows, tries = [], []
+    for w, r in first.items():
+        rows.append(dict(word=w, k=0, swap_word=r["swap_word"], swap_text=r["swap_text"], swap_ids=r["swap_ids"],
+                         swap_last_pos=r["swap_last_pos"]))
+        cands = [p for p in _partners(w, len(wids[w]), pools.get(wids[w][-1], ())) if p != r["swap_word"]]
+        for p in _hash_order(cands, f"{seed}:{w}:swaps")[:3 * n_swaps]:
+            tries.append((w, p, r["text"][:-len(w)] + p))
+    if n_swaps > 1 and tries:
+        sids = _encode(tokenizer, [t[2] for t in tries])
+        pids = dict(zip(sorted({t[1] for t in tries}), word_token_ids(sorted({t[1] for t in tries}), tokenizer, prefix)))
+        count = Counter(w for w in first)
+        for (w, p, stext), sid in zip(tries, sids):
+            b, k, kp = first[w]["ids"][len(bos):], len(wids[w]), len(pids[p])
+            if count[w] < n_swaps and sid[-kp:] == pids[p] and sid[:-kp] == b[:-k] and sid[-1] == b[-1]:
+                rows.append(dict(word=w, k=count[w], swap_word=p, swap_text=stext, swap_ids=bos + sid,
+                                 swap_last_pos=len(bos) + len(sid) - 1))
+                count[w] += 1
+    order = {w: i for i, w in enumerate(first)}
+    df = pd.DataFrame(rows, columns=SWAP_COLUMNS)
+    return df.sort_values(["word", "k"], key=lambda c: c.map(order) if c.name == "word" else c,
+                          kind="stable").reset_index(drop=True)
 
 
 def _swap_pools(lexicon: Sequence[str], tokenizer, prefix: str):
@@ -226,7 +283,7 @@ def _pick(cands: Sequence[str], salt: str) -> str:
 def build_contexts(source, tokenizer, buckets: Iterable[int] = range(2, 7), min_contexts: int = 5,
                    max_contexts: int | None = None, min_words: int = 20, max_words: int | None = None,
                    max_len: int = 64, prefix: str = " ", add_bos: bool = False, seed: int = 0,
-                   warn: bool = True) -> ContextSet:
+                   warn: bool = True, n_swaps: int = 1) -> ContextSet:
     """Contexts of multi-token words under one tokenizer, with their swapped variants.
 
     source: the candidates (`load_contexts()` / `context_candidates(...)`), or corpus texts (a
@@ -238,7 +295,11 @@ def build_contexts(source, tokenizer, buckets: Iterable[int] = range(2, 7), min_
       `ContextSet.stack` has no gaps); max_words: cap on words per bucket (sha1 order), None = all;
       max_len: most tokens in a sentence (without BOS); min_words: below it a bucket is reported
       short (a warning if `warn`; `report.enough` in any case), never padded. Rules: module docstring.
+    n_swaps: swapped variants of each word's first context kept in `ContextSet.swaps` (its own swap
+      first, then other partners ending in the same token; fewer where the lexicon has fewer).
     """
+    if n_swaps < 1:
+        raise ValueError(f"n_swaps must be at least 1, got {n_swaps}")
     if isinstance(source, Mapping):
         cand = source
     else:
@@ -249,7 +310,7 @@ def build_contexts(source, tokenizer, buckets: Iterable[int] = range(2, 7), min_
     buckets = sorted(set(int(b) for b in buckets))
     params = dict(buckets=buckets, min_contexts=min_contexts, max_contexts=max_contexts,
                   min_words=min_words, max_words=max_words, max_len=max_len, prefix=prefix,
-                  add_bos=add_bos, seed=seed)
+                  add_bos=add_bos, seed=seed, n_swaps=n_swaps)
     bos = _bos(tokenizer, add_bos)
     words = list(cand["contexts"])
     wids = dict(zip(words, word_token_ids(words, tokenizer, prefix)))
@@ -278,13 +339,14 @@ def build_contexts(source, tokenizer, buckets: Iterable[int] = range(2, 7), min_
             kept[w].append(dict(word=w, bucket=k, text=text, ids=bos + b, last_pos=len(bos) + len(b) - 1,
                                 last_token_id=b[-1], swap_word=p, swap_bucket=kp, swap_text=stext,
                                 swap_ids=bos + s, swap_last_pos=len(bos) + len(s) - 1))
-    out, report = [], []
+    out, report, first = [], [], {}
     for bucket in buckets:
         in_bucket = [w for w in wanted if len(wids[w]) == bucket]
         good = [w for w in _hash_order(in_bucket, seed) if len(kept[w]) >= min_contexts]
         if max_words is not None:
             good = good[:max_words]
         for w in good:
+            first[w] = kept[w][0]
             for j, r in enumerate(kept[w][:max_contexts]):
                 out.append({**r, "context": j})
         report.append({"bucket": bucket, "n_candidates": len(in_bucket), "n_words": len(good),
@@ -300,4 +362,5 @@ def build_contexts(source, tokenizer, buckets: Iterable[int] = range(2, 7), min_
                       stacklevel=2)
     key = _sha(json.dumps([tokenizer_hash(tokenizer), _sha(json.dumps(cand["contexts"], sort_keys=True)),
                            _sha(json.dumps(cand["lexicon"])), params], sort_keys=True))[:16]
-    return ContextSet(table, report, key, params)
+    swaps = _first_context_swaps(first, wids, pools, tokenizer, prefix, bos, n_swaps, seed)
+    return ContextSet(table, report, key, params, swaps)

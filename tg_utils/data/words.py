@@ -12,8 +12,10 @@ only and is the same for every model. Under a tokenizer trained on the same corp
 2000 most frequent words are one token, so `select_by_bucket(words, tok, per_bucket=...)` takes the
 most frequent words of each bucket from the whole list.
 
-A word's bucket is the number of tokens it takes under a model's tokenizer, written with a leading
-space as it appears inside a sentence (`bucket_by_tokens(words, tok, prefix=" ")`).
+A word's bucket is the number of tokens it takes under a model's tokenizer: bare, as Token
+Representation Evolution feeds it (`bucket_by_tokens(words, tok, prefix="")`; notebook 06's default,
+with `sample_words` (a seeded sample of the list) and `buckets_with_min_words` (buckets of >= 10 words)),
+or with a leading space as it appears inside a sentence (`prefix=" "`, our variant).
 
 First-position effect: a word fed alone sits at position 0 (no BOS), where a causal LM's states are
 atypical (attention sink, huge norms), and a one-token word is *only* that position.
@@ -128,6 +130,24 @@ def select_by_bucket(words: Sequence[str], tokenizer, buckets: Iterable[int] | N
             out[w] = b
             taken[b] += 1
     return out
+
+
+def sample_words(words: Sequence[str], n: int = 5000, seed: int = 0) -> list[str]:
+    """A seeded random sample of `n` distinct words of the list (all of them if it holds fewer), in list
+    order: Token Representation Evolution's sampling (token_convergence_analysis.py:216,
+    random.sample(words, 5000), unseeded there)."""
+    words = list(dict.fromkeys(words))
+    if n >= len(words):
+        return words
+    pick = np.sort(np.random.default_rng(seed).choice(len(words), size=n, replace=False))
+    return [words[i] for i in pick]
+
+
+def buckets_with_min_words(word_buckets: Mapping[str, int], min_words: int = 10) -> dict[str, int]:
+    """{word: bucket} without the buckets that hold fewer than `min_words` words (Token Representation
+    Evolution keeps buckets of >= 10 words: token_convergence_analysis.py:51-52)."""
+    counts = Counter(word_buckets.values())
+    return {w: b for w, b in word_buckets.items() if counts[b] >= min_words}
 
 
 def write_word_list(path: str | Path = WORD_LIST_PATH, n: int | None = None, min_len: int = 3,

@@ -14,19 +14,54 @@ def _fmt_curve(steps, values, fmt="{:.3g}") -> str:
     return ", ".join(f"{s}: {fmt.format(v)}" for s, v in zip(steps, values))
 
 
-def findings(res: Results, threshold: float = 0.9) -> str:
+def sequences_text(info: dict) -> str:
+    """The spectra's sequences of one trajectory in words, N first (RankMe depends on N)."""
+    n, L = info.get("n_seqs", "?"), info.get("seq_len", "?")
+    if info.get("sequences") == "documents":
+        return (f"N = {n} documents (lines), each its first <= {L} tokens (mean {info.get('mean_seq_tokens')}), "
+                f"of the {info.get('n_available')} with more than the minimum; the Tracing paper's sampling")
+    return f"N = {n} windows of {L} tokens over the joined split (overlap {info.get('window_overlap', 0):.2f}; our variant)"
+
+
+def procedures(P) -> dict[str, str]:
+    """Which procedure made each family of numbers (for captions and the findings): spectra, phases,
+    words (token convergence) and perturbation, each naming the paper's procedure or our variant."""
+    seqs = ("the Tracing paper's documents: every non-empty line of the split on its own, its first <= "
+            f"{P.seq_len} tokens, those of <= {P.min_doc_tokens} tokens dropped"
+            + ("" if P.max_docs is None else f", a seeded sample of at most {P.max_docs}")
+            if P.spectra_sequences == "documents" else
+            f"our windows: {P.n_seqs} windows of {P.seq_len} tokens over the split's articles joined by EOS")
+    pca = f"PCA of at most {P.max_components} components" if P.max_components else "every PCA component"
+    words = ("Token Representation Evolution's words: a seeded sample of " f"{P.n_sampled_words} words of the list, "
+             f"buckets of >= {P.min_bucket_words} words" if P.word_sampling == "sample" else
+             f"our words: the first {P.words_per_bucket} of each bucket")
+    words += ("; the bare word (the paper)" if P.word_form == "bare" else "; the spaced word ' word' (ours)")
+    pert = ("Token Representation Evolution's P1 / P2: each word's first sentence against its other sentences "
+            f"(P1) and against up to {P.n_swaps} variants of it with the last word swapped (P2)"
+            if P.perturbation == "first_base" else
+            "our P1 / P2: every sentence a base in turn (leave one out for P1, one swap per sentence for P2)")
+    return {"spectra": f"{seqs}; {pca}",
+            "phases": "phase boundaries by our rule (tg_utils.metrics.trajectory.mark_phases; the paper reads "
+                      "them off plots): the collapse starts at the last checkpoint before RankMe falls",
+            "words": words, "perturbation": pert}
+
+
+def findings(res: Results, threshold: float = 0.9, P=None) -> str:
     """The measured results in numbers: RankMe / alpha trajectories and phases (final-normed layer), the
     per-layer picture at the end, token convergence per bucket and its trends, P1 - P2, and the buckets
-    the corpus cannot fill."""
+    the corpus cannot fill; with P, the procedures that made them first."""
     out = []
+    if P is not None:
+        out.append("== Procedures ==")
+        out += [f"{k}: {v}" for k, v in procedures(P).items()]
+        out.append("")
     curves = spectral_curves(res)
     out.append("== Spectral trajectories (final-normed last-token states) ==")
     for t, c in curves.groupby("trajectory", sort=False):
         c = c.sort_values("step")
         i_min, i_max = int(np.nanargmin(c.rankme.to_numpy())), int(np.nanargmax(c.rankme.to_numpy()))
         info = res.inputs.get(t, {})
-        out.append(f"{t} ({info.get('n_seqs', '?')} windows of {info.get('seq_len', '?')} tokens; LR warmup "
-                   f"{res.warmup.get(t)} steps):")
+        out.append(f"{t} ({sequences_text(info)}; LR warmup {res.warmup.get(t)} steps):")
         out.append(f"  RankMe  {_fmt_curve(c.step, c.rankme, '{:.1f}')}")
         out.append(f"          min {c.rankme.iloc[i_min]:.1f} at step {c.step.iloc[i_min]}, max {c.rankme.iloc[i_max]:.1f} "
                    f"at step {c.step.iloc[i_max]}")
@@ -36,7 +71,7 @@ def findings(res: Results, threshold: float = 0.9) -> str:
             out.append(f"  last-token NLL {_fmt_curve(c.step, c.next_token_nll, '{:.2f}')}")
         L = final_layer(res, t)
         ph = res.phases[(res.phases.trajectory == t) & (res.phases.layer == L)] if len(res.phases) else res.phases
-        if len(ph) or len(res.phases):
+        if len(res.phases.columns):                     # computed (an empty table: no phase)
             out += [f"  phase: {line}" for line in T.describe_phases(ph)]
             if res.rule.get("smooth", 1) != 1 and np.isfinite(c.rankme).all() and np.isfinite(c.alpha).all():
                 raw = T.mark_phases(c.step, c.rankme, c.alpha, **dict(res.rule, smooth=1), warmup_until=res.warmup.get(t))
@@ -53,7 +88,8 @@ def findings(res: Results, threshold: float = 0.9) -> str:
         last = g[g.step == g.step.max()]
         w = last.pivot_table(index="layer", columns="metric", values="value")
         names = layer_names(len(w))
-        out.append(f"{t}: " + "; ".join(f"{n} {r.rankme:.1f}/{r.alpha:.2f}" for n, r in zip(names, w.itertuples())))
+        out.append(f"{t} (N = {res.inputs.get(t, {}).get('n_seqs', '?')}): " +
+                   "; ".join(f"{n} {r.rankme:.1f}/{r.alpha:.2f}" for n, r in zip(names, w.itertuples())))
         if len(res.phases):
             other = res.phases[(res.phases.trajectory == t)]
             counts = other.groupby("phase").layer.apply(lambda x: ",".join(names[int(v)] for v in sorted(set(x))))
@@ -89,7 +125,7 @@ def findings(res: Results, threshold: float = 0.9) -> str:
         pert = res.perturbation
         out.append("")
         out.append("== Context perturbation (P1: same word in its other contexts; P2: same sentence, last word swapped "
-                   "for one ending in the same token; raw states, and centred = minus the windows' mean state) ==")
+                   "for one ending in the same token; raw states, and centred = minus the mean state of the spectra sequences) ==")
         for t, g in pert.groupby("trajectory", sort=False):
             L = int(g.layer.max())
             mid = max(1, L // 2)

@@ -15,6 +15,7 @@ from ..cache import cached_states
 from ..data.sequences import batch_prompts
 from ..metrics import trajectory as T
 from ..metrics import word_states as WS
+from ..metrics.spectra import PCA_MAX_COMPONENTS
 from ..models import load_model
 from ..models.unembed import model_nll
 from ..toy.checkpoints import read_log
@@ -40,21 +41,23 @@ def last_states(lm, prompts: Sequence[Sequence[int]], out_dir="outputs", batch_t
     return out
 
 
-def layer_spectra(states) -> dict[str, np.ndarray]:
-    """Per-layer spectral metrics of last-token states (N, L, d): eigs (L, min(N, d)) (covariance
-    eigenvalues normalised to sum 1, descending), rankme and rankme_singular, alpha, alpha_r2,
-    alpha_r2_100 and the fit's log-intercept, each (L,). A layer whose spectrum is undefined (zero
-    variance, fewer than 13 positive eigenvalues) gets NaN."""
+def layer_spectra(states, max_components: int | None = PCA_MAX_COMPONENTS) -> dict[str, np.ndarray]:
+    """Per-layer spectral metrics of last-token states (N, L, d): eigs (L, k) (covariance eigenvalues
+    as fractions of the total variance, descending; k = min(N, d, max_components), the Tracing paper's
+    PCA: at most 2048 components, utils/powerlaw.py:89-94), rankme and rankme_singular, alpha,
+    alpha_r2, alpha_r2_100 and the fit's log-intercept, each (L,). A layer whose spectrum is undefined
+    (zero variance, fewer than 13 positive eigenvalues) gets NaN."""
     X = np.asarray(states, dtype=np.float64)
     if X.ndim != 3:
         raise ValueError(f"states must be (n_prompts, n_layers, d), got {X.shape}")
     clouds = np.ascontiguousarray(X.transpose(1, 0, 2))                    # (L, N, d)
     L, n = clouds.shape[0], min(X.shape[0], X.shape[2])
+    n = n if max_components is None else min(n, max_components)
     eigs = np.full((L, n), np.nan)
     out = {k: np.full(L, np.nan) for k in (*SPECTRAL_METRICS, "intercept")}
     for l in range(L):
         try:
-            eigs[l] = M.eigenspectrum(clouds[l])
+            eigs[l] = M.eigenspectrum(clouds[l], max_components)
         except ValueError:
             continue
         out["rankme"][l] = M.rankme(eigs[l])
@@ -74,13 +77,13 @@ def layer_spectra(states) -> dict[str, np.ndarray]:
 class CheckpointResult:
     """Everything read from one checkpoint (the per-layer arrays have L = the number of state indices)."""
     step: int
-    spectra: dict[str, np.ndarray]
+    spectra: dict[str, np.ndarray] | None        # None: a trajectory read for the word analyses only
     nll: float
     word_states: dict[str, np.ndarray]           # prefix -> (n_words, L, d)
     p1: np.ndarray | None                        # (n_words, L), raw states
     p2: np.ndarray | None
     seconds: float
-    p1_centred: np.ndarray | None = None         # (n_words, L), states minus the windows' mean state
+    p1_centred: np.ndarray | None = None         # (n_words, L), states minus the spectra sequences' mean state
     p2_centred: np.ndarray | None = None
 
 
@@ -89,31 +92,51 @@ def load_checkpoint(ck: Checkpoint, P):
     return load_model(ck.spec, dtype=P.model_dtype, device=P.device, out_dir=P.out_dir)
 
 
+def _perturbation(lm, cs, P, mu):
+    """(P1, P2, P1 centred, P2 centred), each (n_words, L), by P.perturbation: "first_base" (the paper:
+    word_states.first_base_scores on each word's first context and its swapped variants) or
+    "leave_one_out" (ours: word_states.perturbation_scores); centred = the states minus `mu` (the mean
+    spectra state, (L, d); None: not computed)."""
+    base, mask = cs.stack(last_states(lm, cs.prompts(), P.out_dir, P.batch_tokens))
+    if P.perturbation == "first_base":
+        swap, smask = cs.stack_first_swaps(last_states(lm, cs.first_swap_prompts(), P.out_dir, P.batch_tokens))
+        def score(b, s):
+            return WS.first_base_scores(b, s, base_mask=mask, swap_mask=smask)
+    else:
+        swap, _ = cs.stack(last_states(lm, cs.swap_prompts(), P.out_dir, P.batch_tokens))
+        def score(b, s):
+            return WS.perturbation_scores(b, None, s, base_mask=mask)
+    raw = score(base, swap)
+    if mu is None:
+        return raw.p1, raw.p2, None, None
+    centred = score(base - mu, swap - mu)
+    return raw.p1, raw.p2, centred.p1, centred.p2
+
+
 def measure_checkpoint(lm, inputs: Inputs, P, step: int) -> CheckpointResult:
-    """Everything notebook 06 reads from one loaded checkpoint."""
+    """Everything notebook 06 reads from one loaded checkpoint (no spectra, NLL or centred perturbation
+    when the inputs hold no spectra sequences). The NLL is the mean over the sequences that have a next
+    token (a document that ends inside its first seq_len tokens has none)."""
     t0 = time.perf_counter()
-    S = last_states(lm, inputs.seqs.ids, P.out_dir, P.batch_tokens)
-    spec = layer_spectra(S)
-    nll = model_nll(lm.desc, S[:, -1], inputs.seqs.targets)
+    spec, nll, S = None, float("nan"), None
+    if len(inputs.seqs.ids):
+        S = last_states(lm, inputs.seqs.ids, P.out_dir, P.batch_tokens)
+        spec = layer_spectra(S, P.max_components)
+        has = inputs.seqs.targets >= 0
+        v = model_nll(lm.desc, S[has, -1], inputs.seqs.targets[has]) if has.any() else None
+        nll = float(np.mean(v)) if v is not None else float("nan")
     words = {p: last_states(lm, wp.ids, P.out_dir, P.batch_tokens) for p, wp in inputs.words.items()}
     p1 = p2 = c1 = c2 = None
-    cs = inputs.contexts
-    if cs is not None:
-        base, mask = cs.stack(last_states(lm, cs.prompts(), P.out_dir, P.batch_tokens))
-        swap, _ = cs.stack(last_states(lm, cs.swap_prompts(), P.out_dir, P.batch_tokens))
-        raw = WS.perturbation_scores(base, None, swap, base_mask=mask)
-        mu = S.mean(0)                                   # (L, d): the mean last-token state of the windows
-        centred = WS.perturbation_scores(base - mu, None, swap - mu, base_mask=mask)
-        p1, p2, c1, c2 = raw.p1, raw.p2, centred.p1, centred.p2
-    return CheckpointResult(step, spec, float(np.mean(nll)) if nll is not None else float("nan"), words, p1, p2,
-                            time.perf_counter() - t0, c1, c2)
+    if inputs.contexts is not None:
+        p1, p2, c1, c2 = _perturbation(lm, inputs.contexts, P, None if S is None else S.mean(0))
+    return CheckpointResult(step, spec, nll, words, p1, p2, time.perf_counter() - t0, c1, c2)
 
 
 # ============================================================================ one trajectory -> tables
 
 def spectra_rows(traj: Trajectory, results: Sequence[CheckpointResult]) -> pd.DataFrame:
     """Long table (tables.LONG_COLUMNS + trajectory, step) of the spectral metrics per checkpoint and
-    layer; prompt_id -1 (a metric of the whole set of windows), shuffle_index 0; next_token_nll at the
+    layer; prompt_id -1 (a metric of the whole set of sequences), shuffle_index 0; next_token_nll at the
     final-normed layer."""
     rows = []
     for r in results:
@@ -205,7 +228,7 @@ def convergence_rows(traj: Trajectory, inputs: Inputs, results: Sequence[Checkpo
 def perturbation_rows(traj: Trajectory, inputs: Inputs, results: Sequence[CheckpointResult]) -> pd.DataFrame:
     """word_states.perturbation_by_bucket at every checkpoint, with trajectory, step and `states` columns:
     "raw" (cosines of the states, the definition) and "centred" (of the states minus the mean last-token
-    state of the spectrum windows at that layer and checkpoint: a common direction that every state
+    state of the spectra sequences at that layer and checkpoint: a common direction that every state
     shares makes every raw cosine close to 1 and hides the differences)."""
     if inputs.contexts is None:
         return pd.DataFrame()

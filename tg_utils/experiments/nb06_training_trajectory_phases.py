@@ -2,14 +2,19 @@
 (a toy run of notebook 01, or a hub model with a list of revisions), the last-token states of three
 prompt sets through the activation cache, and from them
 
-1. spectral phases (the Tracing paper): per layer, the eigenspectrum of the last-token states of
-   `n_seqs` windows of `seq_len` tokens of a corpus split, RankMe and alpha-ReQ (with its r2), and the
-   phases that `trajectory.mark_phases` finds on the final-normed layer's curves;
+1. spectral phases (the Tracing paper): per layer, the eigenspectrum (PCA of at most `max_components`
+   = 2048 components, as the paper's) of the last-token states of the spectra sequences of a corpus
+   split, RankMe and alpha-ReQ (with its r2), and the phases that our rule `trajectory.mark_phases`
+   finds on the final-normed layer's curves;
 2. token convergence (Token Representation Evolution): per layer, the cosine between a word's
    last-token state at each checkpoint and at the final one, averaged per bucket of words by token
-   count, for each word fed alone and after fixed short prefixes;
+   count, for each word fed alone and after fixed short prefixes (words: the paper's seeded sample of
+   the bare words by default, nb06_inputs.word_selection);
 3. multi-token context perturbation: P1 (same word, other contexts) and P2 (same sentence, last word
-   swapped for one that ends in the same token) per layer per bucket at each checkpoint.
+   swapped for one that ends in the same token) per layer per bucket at each checkpoint (the paper's
+   first-sentence procedure by default, our leave-one-out as `perturbation="leave_one_out"`).
+
+Trajectories with `spectra=False` (P.word_models at P.word_revisions) are read for 2 and 3 only.
 
     trajs = trajectories(P)                  # what will be read: toy runs and / or hub model revisions
     res = run(P, trajs)                      # everything, through the activation cache (resumable),
@@ -23,17 +28,21 @@ nb06_findings.
 Layers are state indices (tg_utils.extract): 0 = embedding output, 1..L = block outputs, L + 1 = the
 final-normed output (for post-norm toy models the final norm is the identity, so L + 1 equals L).
 
-Sequences for the spectra (`tg_utils.data.sequences.sequence_windows`): the split's articles are encoded
-and joined by EOS (the stream the toy models are evaluated on) and `n_seqs` windows of `seq_len` tokens
-are taken at evenly spaced starts over the whole stream; when the stream holds fewer than `n_seqs`
-disjoint windows they overlap (the overlap is reported). The token after each window is kept as its
-target: the mean NLL of that token from the final-normed last-token state (`next_token_nll` metric,
-through tg_utils.models.unembed) is a validation loss measured on exactly the states of the spectrum, at
-every checkpoint (the training log's validation loss exists only every eval_every steps).
+Sequences for the spectra (nb06_inputs.spectra_sequences; RankMe depends on their number N, reported
+beside every RankMe): by default the Tracing paper's (`tg_utils.data.sequences.document_sequences`):
+every document of the split (a non-empty line: a paragraph, as the rows of its WikiText loader) on its
+own, its first <= `seq_len` tokens, those of <= `min_doc_tokens` tokens dropped, every qualifying one
+used (`max_docs`: a seeded cap); with `spectra_sequences="windows"` our variant
+(`sequence_windows`): the split's articles joined by EOS and `n_seqs` windows of `seq_len` tokens at
+evenly spaced starts (they can straddle articles and overlap; the overlap is reported). The token after
+each sequence (where the document goes on) is kept as its target: the mean NLL of that token from the
+final-normed last-token state (`next_token_nll` metric, through tg_utils.models.unembed) is a validation
+loss measured on exactly the states of the spectrum, at every checkpoint.
 
-Cost (default profile, one CPU thread): nearly all of the time is the forward passes, ~85k tokens per
-checkpoint (512 windows x 128 tokens = 65.5k, the ~880 word prompts ~3.7k, the ~820 context and swapped
-prompts ~16k) x 50 checkpoints, of which the matrix products of the blocks take most. Each checkpoint is
+Cost (default profile, one CPU thread): nearly all of the time is the forward passes, ~95k tokens per
+checkpoint (722 documents, 44k tokens; ~4.7k sampled words alone and after the prefix, ~40k; the context,
+swapped and first-context variant prompts ~15k) x 50 checkpoints, of which the matrix products of the
+blocks take most. Each checkpoint is
 loaded once and all three prompt sets are read from it; only last-token states are kept
 (positions="last"); extraction passes compute_loss=False, so the forward stops after the final norm (no
 lm_head over the vocabulary, no full-sequence loss); prompts are sorted by length before they go to the
@@ -113,9 +122,9 @@ def run_trajectories(P, trajs: Sequence[Trajectory] | None = None, corpus=None, 
             t0 = time.perf_counter()
             lm = load_checkpoint(ck, P)
             if inputs is None:
-                key = W.tokenizer_hash(lm.tokenizer)
+                key = (W.tokenizer_hash(lm.tokenizer), traj.spectra)
                 if key not in by_tok:
-                    by_tok[key] = build_inputs(P, lm, corpus, word_list, cand)
+                    by_tok[key] = build_inputs(P, lm, corpus, word_list, cand, spectra=traj.spectra)
                 inputs = by_tok[key]
             r = measure_checkpoint(lm, inputs, P, ck.step)
             r = replace(r, seconds=time.perf_counter() - t0)         # load included
@@ -124,28 +133,35 @@ def run_trajectories(P, trajs: Sequence[Trajectory] | None = None, corpus=None, 
                                        "seconds": round(r.seconds, 3)})
             del lm
             bar.update(1)
-        spectra = spectra_rows(traj, results)
-        ph, iv = phase_tables(traj, spectra, P)
-        acc["spectra"].append(spectra)
-        acc["eigs"].append(eig_rows(traj, results))
-        acc["fits"].append(fit_rows(traj, results))
-        acc["phases"].append(ph)
-        acc["intervals"].append(iv)
+        if traj.spectra:
+            spectra = spectra_rows(traj, results)
+            ph, iv = phase_tables(traj, spectra, P)
+            acc["spectra"].append(spectra)
+            acc["eigs"].append(eig_rows(traj, results))
+            acc["fits"].append(fit_rows(traj, results))
+            acc["phases"].append(ph)
+            acc["intervals"].append(iv)
         acc["logs"].append(training_log(traj))
         acc["buckets"].append(bucket_report(inputs, traj.name, P))
         acc["convergence"].append(convergence_rows(traj, inputs, results))
         acc["perturbation"].append(perturbation_rows(traj, inputs, results))
-        info[traj.name] = {"n_seqs": len(inputs.seqs.ids), "seq_len": P.seq_len,
+        info[traj.name] = {"sequences": inputs.seqs.procedure, "n_seqs": len(inputs.seqs.ids),
+                           "n_available": inputs.seqs.n_available, "seq_len": P.seq_len,
+                           "mean_seq_tokens": round(float(np.mean([len(x) for x in inputs.seqs.ids])), 1)
+                           if len(inputs.seqs.ids) else 0.0,
                            "stream_tokens": inputs.seqs.stream_tokens, "window_overlap": inputs.seqs.overlap,
                            "n_words": len(inputs.word_buckets),
                            "n_contexts": 0 if inputs.contexts is None else len(inputs.contexts.table),
-                           "n_layers": len(results[0].spectra["rankme"])}
+                           "n_swaps": 0 if inputs.contexts is None else len(inputs.contexts.swaps),
+                           "n_layers": results[0].word_states[P.word_prefixes[0]].shape[1]}
         warm[traj.name] = traj.warmup_until
     bar.close()
 
     def cat(k):
         parts = [d for d in acc[k] if len(d)]
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        if not parts:                                 # keep the columns of an empty table (e.g. no phase)
+            return next((d for d in acc[k] if len(d.columns)), pd.DataFrame())
+        return pd.concat(parts, ignore_index=True)
     return Results(pd.DataFrame(acc["checkpoints"]), *(cat(k) for k in ("spectra", "eigs", "fits", "phases",
                    "intervals", "logs", "buckets", "convergence", "perturbation")), inputs=info, warmup=warm,
                    rule=rule_kwargs(P))
@@ -216,6 +232,7 @@ def result_tables(res: Results, P) -> dict[str, pd.DataFrame]:
             "phases": res.phases, "phase_intervals": res.intervals, "training_logs": res.logs,
             "buckets": res.buckets, "token_convergence": res.convergence,
             "context_perturbation": res.perturbation, "checkpoint_timing": res.checkpoints,
+            "inputs": pd.DataFrame([{"trajectory": t, **v} for t, v in res.inputs.items()]),
             "convergence_summary": convergence_summary(res.convergence, P.convergence_threshold)}
 
 

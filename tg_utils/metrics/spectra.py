@@ -11,6 +11,8 @@ from ._arrays import _clouds, _f64, _is_torch, _to_numpy, _validated, torch
 # alpha-ReQ windows, 1-based ranks (the Tracing paper's stringer_get_powerlaw(eig, arange(11, 100)))
 ALPHA_FIT_RANKS = (12, 100)              # weighted least squares of log(lambda) on log(rank)
 ALPHA_R2_FIRST_RANK = 13                 # r2 over ranks 13..500 (or ..n-10), r2_100 over 13..100
+# the Tracing paper's PCA keeps at most 2048 components (utils/powerlaw.py:89-92, get_eigenspectrum)
+PCA_MAX_COMPONENTS = 2048
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,23 @@ def _covariance_eigenvalues(X) -> np.ndarray:
     return np.maximum(lam, 0.0)                                     # round-off below zero
 
 
-def eigenspectrum(X) -> np.ndarray:
-    """Covariance eigenvalues of each centred cloud X (..., N, d), normalised to sum 1, descending:
-    float64 (..., min(N, d)), i.e. scikit-learn PCA's explained_variance_ratio_."""
+def eigenspectrum(X, max_components: int | None = None) -> np.ndarray:
+    """Covariance eigenvalues of each centred cloud X (..., N, d) as fractions of the total variance,
+    descending: float64 (..., k), k = min(N, d, max_components), i.e. scikit-learn PCA's
+    explained_variance_ratio_ with n_components = k. With max_components = None (or >= min(N, d)) the
+    fractions sum to 1; with a cap only the k largest are kept, still divided by the *total* variance
+    (as sklearn's svd_solver='full' does; the Tracing paper caps k at PCA_MAX_COMPONENTS = 2048,
+    utils/powerlaw.py:89-94), so they sum to less than 1."""
+    if max_components is not None and max_components < 1:
+        raise ValueError(f"max_components must be positive or None, got {max_components}")
     C, lead = _clouds(X)
     lam = np.stack([_covariance_eigenvalues(c) for c in C])
     total = lam.sum(-1, keepdims=True)
     if np.any(total == 0):
         raise ValueError("A cloud has zero variance (all its tokens are identical); its "
                          "eigenspectrum is undefined.")
-    return (lam / total).reshape(lead + lam.shape[-1:])
+    k = lam.shape[-1] if max_components is None else min(lam.shape[-1], int(max_components))
+    return (lam[..., :k] / total).reshape(lead + (k,))
 
 
 def _spectra(eigs) -> np.ndarray:

@@ -18,12 +18,14 @@ Inputs: checkpoint steps (ascending), RankMe and alpha-ReQ at each checkpoint.
    `min_alpha_slope` (default 0.02 per decade) for alpha; otherwise it is flat (0).
 4. Interval labels: "entropy-seeking" if RankMe up and alpha down; "compression-seeking" if RankMe down
    and alpha up; anything else (a flat slope, or both up / both down) is unlabelled. "warmup collapse"
-   overrides these on the leading run of intervals, from the first checkpoint (step 0, the
-   initialisation), in which RankMe does not go up (alpha free), cut after the last of them in which
-   it goes down (none: no collapse), stopped at `warmup_until` if given (only intervals starting
-   before that step qualify). Leading flat intervals belong to the collapse: with log-spaced
-   checkpoints the first updates (steps 0 -> 1 -> 2, at a tiny warmup learning rate) barely move the
-   weights, so RankMe often changes by less than the threshold there before it collapses.
+   overrides these within the leading run of intervals, from the first checkpoint (step 0, the
+   initialisation), in which RankMe does not go up (alpha free), stopped at `warmup_until` if given
+   (only intervals starting before that step qualify): the collapse starts at the last checkpoint
+   before RankMe falls (the start of the first interval of that run in which it goes down) and ends
+   after the last interval of that run in which it goes down (none: no collapse). Leading flat
+   intervals are *not* part of it: with log-spaced checkpoints the first updates (steps 0 -> 1 -> 2, at
+   a tiny warmup learning rate) barely move the weights, and an init-like checkpoint whose RankMe has
+   not moved is not "collapsing". (The paper reads its phase boundaries off plots; this rule is ours.)
 5. Clean-up, in three passes: (a) an unlabelled gap of at most `max_gap` intervals (default 1)
    between two runs with the same label takes that label (the runs merge); (b) a labelled run shorter
    than `min_len` intervals (default 2, i.e. 3 checkpoints) is unlabelled; (c) (a) again, so that a
@@ -145,14 +147,16 @@ def _interval_labels(steps, rankme, alpha, smooth, min_rankme_slope, min_alpha_s
         elif sign_r[i] < 0 and sign_a[i] > 0:
             raw[i] = COMPRESSION
     limit = np.inf if warmup_until is None else warmup_until
-    last_down = -1
+    first_down = last_down = -1
     for i in range(len(dx)):                       # the leading run in which RankMe does not go up
         if sign_r[i] > 0 or steps[i] >= limit:
             break
         if sign_r[i] < 0:
+            first_down = i if first_down < 0 else first_down
             last_down = i
-    for i in range(last_down + 1):                 # ... up to its last interval in which it goes down
-        raw[i] = WARMUP
+    if first_down >= 0:                            # from the last checkpoint before RankMe falls ...
+        for i in range(first_down, last_down + 1): # ... to the end of its last fall in that run
+            raw[i] = WARMUP
     return {"rankme_slope": s_r, "alpha_slope": s_a, "rankme_sign": sign_r, "alpha_sign": sign_a,
             "raw_label": raw, "label": _clean_labels(raw, min_len, max_gap)}
 

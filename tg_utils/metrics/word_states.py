@@ -5,10 +5,13 @@ tg_utils.experiments.nb06_measures.frame).
 Token convergence (`convergence_by_bucket`): per-word cosines (from `metrics.token_convergence`)
 averaged within buckets of words by token count, with the step-to-step change.
 
-Context perturbation (`perturbation_scores`, `perturbation_by_bucket`): P1 = mean cosine between a
-base sentence's last-token state and the same word's last-token state in its other contexts; P2 =
-mean cosine between the base sentence's state and that of the same sentence with its last word
-swapped for another word ending in the same token; P1 - P2 per layer per bucket.
+Context perturbation (`first_base_scores`, `perturbation_scores`, `perturbation_by_bucket`): P1 = mean
+cosine between a base sentence's last-token state and the same word's last-token state in its other
+contexts; P2 = mean cosine between the base sentence's state and that of the same sentence with its
+last word swapped for another word ending in the same token; P1 - P2 per layer per bucket.
+`first_base_scores` is the paper's procedure (the word's first sentence the only base, P2 over up to 5
+swapped variants of it); `perturbation_scores` our variant (every sentence a base in turn, leave one
+out for P1, one swap per sentence for P2).
 """
 from __future__ import annotations
 
@@ -169,6 +172,36 @@ def perturbation_scores(states_base, states_other_contexts, states_swapped, base
         cos_swap = np.einsum("wild,wild->wli", ub, _unit(swap))                       # (W, L, B)
         m = mb[:, None].astype(np.float64)
         p2 = (cos_swap * m).sum(-1) / m.sum(-1)
+    return PerturbationScores(p1, p2)
+
+
+def first_base_scores(states_base, states_swaps, base_mask=None, swap_mask=None) -> PerturbationScores:
+    """P1 and P2 per word and layer as Token Representation Evolution computes them
+    (multitoken_context_perturbation.py:82-106 and 141-151): the base is each word's *first* sentence;
+    P1 = the mean cosine between its last-token state and that of each of the word's other sentences;
+    P2 = the mean cosine between it and that of each variant of the same first sentence whose last
+    word was replaced (up to 5 there).
+
+    states_base: (W, B, L, d), sentence 0 the base, 1..B-1 the other contexts; states_swaps: (W, K, L, d)
+    the variants of sentence 0; base_mask (W, B) / swap_mask (W, K): optional bool, False = missing.
+    A word without a valid base, other context or variant gets NaN. Returns PerturbationScores (W, L)."""
+    base = _to_numpy(_f64(states_base))
+    swap = _to_numpy(_f64(states_swaps))
+    if base.ndim != 4 or swap.ndim != 4 or swap.shape[0] != base.shape[0] or swap.shape[2:] != base.shape[2:]:
+        raise ValueError(f"states_base (W, B, L, d) and states_swaps (W, K, L, d) do not match: "
+                         f"{base.shape}, {swap.shape}")
+    W, B = base.shape[:2]
+    K = swap.shape[1]
+    mb = np.ones((W, B), bool) if base_mask is None else np.asarray(base_mask, bool).reshape(W, B)
+    ms = np.ones((W, K), bool) if swap_mask is None else np.asarray(swap_mask, bool).reshape(W, K)
+    u0 = _unit(base[:, 0])                                                   # (W, L, d)
+    c_other = np.einsum("wld,wjld->wlj", u0, _unit(base[:, 1:]))             # (W, L, B-1)
+    c_swap = np.einsum("wld,wkld->wlk", u0, _unit(swap))                     # (W, L, K)
+    mo = (mb[:, 1:] & mb[:, :1])[:, None].astype(np.float64)
+    mk = (ms & mb[:, :1])[:, None].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p1 = (c_other * mo).sum(-1) / mo.sum(-1)
+        p2 = (c_swap * mk).sum(-1) / mk.sum(-1)
     return PerturbationScores(p1, p2)
 
 

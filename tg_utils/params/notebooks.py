@@ -253,76 +253,7 @@ class ComparisonParams(PromptParams):
 
 # ---- 06_training_trajectory_phases: class goes here (issue 7) ----
 
-@register("06_training_trajectory_phases")
-@dataclass
-class TrajectoryParams(NotebookParams):
-    """Geometry through training: spectral phases (RankMe, alpha-ReQ), token convergence and context
-    perturbation at every checkpoint of the toy runs, and of hub models at a list of revisions."""
-    corpus: str = "gensim-wiki"
-    corpus_path: str | None = None
-    toy_runs: list[str] = field(default_factory=lambda: list(TOY_RUNS) + ["llama-postln-nowarmup"])
-    models: list[str] = field(default_factory=list)       # hub ids read at every revision below
-    revisions: list[str] = field(default_factory=list)    # "step<N>", e.g. Pythia's step0 ... step143000
-    model_warmup_steps: int | None = None                 # LR warmup of the hub models (Pythia: 1430)
-    device: str = "cpu"
-    model_dtype: str = "float32"
-    batch_tokens: int = 2048            # padded tokens per forward pass (windows of 128: 16 per batch)
-    # spectra: the last-token state of n_seqs windows of seq_len tokens of spectra_split
-    spectra_split: str = "validation"
-    n_seqs: int = 512
-    seq_len: int = 128
-    spectra_shown: int = 4              # checkpoints per trajectory in the eigenspectrum figure
-    # phase rule (tg_utils.metrics.trajectory.mark_phases; warmup_until = each run's LR warmup)
-    phase_smooth: int = 3
-    min_rankme_slope: float = 0.05
-    min_alpha_slope: float = 0.02
-    phase_min_len: int = 2
-    # token convergence: the most frequent words of each bucket, alone ("") and after each prefix
-    words_path: str | None = "data/frequent_words.txt"   # None: the corpus' frequent words
-    word_buckets: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
-    words_per_bucket: int = 100
-    word_prefixes: list[str] = field(default_factory=lambda: ["", "The word is"])
-    convergence_threshold: float = 0.9
-    # context perturbation
-    contexts_path: str | None = "data/contexts.json"      # None: contexts built from the corpus
-    context_buckets: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
-    min_contexts: int = 5
-    min_context_words: int = 20
-    context_words_per_bucket: int | None = 20
-
-    def check(self) -> None:
-        super().check()
-        _corpus_check(self)
-        self.positive("batch_tokens", "n_seqs", "seq_len", "spectra_shown", "phase_min_len", "words_per_bucket",
-                      "min_contexts", "min_context_words", "context_words_per_bucket", "min_rankme_slope",
-                      "min_alpha_slope")
-        if not self.toy_runs and not self.models:
-            raise ParameterError("parameters 'toy_runs' and 'models' are both empty: nothing to trace")
-        _specs_check(self, ["models"])
-        if any("@" in m for m in self.models):
-            raise ParameterError("parameter 'models': give hub ids without @revision; list the revisions "
-                                 "in 'revisions'")
-        if self.models and len(self.revisions) < 2:
-            raise ParameterError("parameter 'revisions' must list at least two revisions (step<N>) for 'models'")
-        bad = [r for r in self.revisions if not re.match(r"^step\d+", r)]
-        if bad:
-            raise ParameterError(f"parameter 'revisions': {bad[0]!r} does not name a step; use 'step<N>'")
-        if self.spectra_split not in ("train", "validation", "test"):
-            raise ParameterError(f"parameter 'spectra_split': {self.spectra_split!r} is not train, validation or test")
-        if self.n_seqs < 14:
-            raise ParameterError(f"parameter 'n_seqs' must be at least 14 (alpha-ReQ fits from rank 12 and "
-                                 f"scores from rank 13), got {self.n_seqs}")
-        if self.phase_smooth < 1 or self.phase_smooth % 2 == 0:
-            raise ParameterError(f"parameter 'phase_smooth' must be an odd positive integer, got {self.phase_smooth}")
-        if not self.word_buckets or any(b < 1 for b in self.word_buckets):
-            raise ParameterError("parameter 'word_buckets' must list token counts >= 1")
-        if any(b < 2 for b in self.context_buckets):
-            raise ParameterError("parameter 'context_buckets' holds multi-token counts (>= 2)")
-        if not self.word_prefixes or len(set(self.word_prefixes)) != len(self.word_prefixes):
-            raise ParameterError("parameter 'word_prefixes' must list distinct prefixes ('' = the word alone)")
-        if not 0 < self.convergence_threshold <= 1:
-            raise ParameterError(f"parameter 'convergence_threshold' must be in (0, 1], got {self.convergence_threshold}")
-        _placement_check(self)
+# (the class lives in tg_utils/params/trajectory.py)
 
 
 # ---- 07_attention_geometry: class goes here (issue 8) ----

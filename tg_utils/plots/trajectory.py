@@ -25,6 +25,12 @@ def final_layer(res, trajectory: str) -> int:
     return int(res.spectra.loc[res.spectra.trajectory == trajectory, "layer"].max())
 
 
+def n_label(res, trajectory: str) -> str:
+    """"N = <sequences>" of a trajectory's spectra (RankMe depends on N: every figure states it)."""
+    info = getattr(res, "inputs", {}).get(trajectory, {})
+    return f"N = {info.get('n_seqs', '?')} {info.get('sequences', 'sequences')}"
+
+
 def spectral_curves(res, layer: str | int = "final") -> pd.DataFrame:
     """Wide per-checkpoint curves of one layer ("final" = each trajectory's final-normed layer):
     trajectory, step, rankme, rankme_singular, alpha, alpha_r2, alpha_r2_100, next_token_nll."""
@@ -107,8 +113,10 @@ def plot_spectral_trajectories(res):
         a1.scatter(_x(c.step), c.alpha, s=12 + 40 * np.clip(c.alpha_r2.fillna(0), 0, 1), color="k", zorder=3)
         tidy += [{"trajectory": t, "step": s, "series": m, "value": v} for m in ("rankme", "alpha", "alpha_r2")
                  for s, v in zip(c.step, c[m])]
+        tidy += [{"trajectory": t, "step": s, "series": "n_seqs", "value": res.inputs.get(t, {}).get("n_seqs")}
+                 for s in c.step]
         if "next_token_nll" in c and c.next_token_nll.notna().any():
-            a2.plot(_x(c.step), c.next_token_nll, "x-", color="tab:purple", label="last-token NLL (spectrum windows)")
+            a2.plot(_x(c.step), c.next_token_nll, "x-", color="tab:purple", label="last-token NLL (spectra sequences)")
             tidy += [{"trajectory": t, "step": s, "series": "next_token_nll", "value": v}
                      for s, v in zip(c.step, c.next_token_nll)]
         if len(res.logs) and t in set(res.logs.trajectory):
@@ -128,7 +136,7 @@ def plot_spectral_trajectories(res):
             _log(ax)
             if i == len(names) - 1:
                 ax.set_xlabel("1 + step")
-        a0.set_ylabel(f"{t}\nRankMe (log)")
+        a0.set_ylabel(f"{t}\n{n_label(res, t)}\nRankMe (log)", fontsize=8)
         a1.set_ylabel("alpha-ReQ")
         a2.set_ylabel("loss (nats)")
         if i == 0:
@@ -148,7 +156,7 @@ def plot_spectral_overlay(res):
     axes = axes[0]
     for t, c in curves.groupby("trajectory", sort=False):
         c = c.sort_values("step")
-        axes[0].plot(_x(c.step), c.rankme, "o-", ms=3, label=t)
+        axes[0].plot(_x(c.step), c.rankme, "o-", ms=3, label=f"{t} ({n_label(res, t)})")
         axes[1].plot(_x(c.step), c.alpha, "o-", ms=3, label=t)
     axes[0].set(xlabel="1 + step", ylabel="RankMe (log)", title="RankMe, final-normed layer")
     axes[1].set(xlabel="1 + step", ylabel="alpha-ReQ", title="alpha-ReQ, final-normed layer")
@@ -156,7 +164,8 @@ def plot_spectral_overlay(res):
         _log(ax)
     _log(axes[0], "y")
     axes[0].legend(fontsize=7)
-    return fig, curves[["trajectory", "step", "rankme", "alpha", "alpha_r2"]].reset_index(drop=True)
+    out = curves[["trajectory", "step", "rankme", "alpha", "alpha_r2"]].reset_index(drop=True)
+    return fig, out.assign(n_seqs=[res.inputs.get(t, {}).get("n_seqs") for t in out.trajectory])
 
 
 def plot_layer_heatmaps(res, metrics: Sequence[str] = ("rankme", "alpha")):
@@ -173,11 +182,12 @@ def plot_layer_heatmaps(res, metrics: Sequence[str] = ("rankme", "alpha")):
             im = ax.imshow(w.to_numpy(), aspect="auto", origin="lower", cmap="viridis")
             ax.set_xticks(range(w.shape[1]), [str(c) for c in w.columns], fontsize=7, rotation=90)
             ax.set_yticks(range(w.shape[0]), layer_names(w.shape[0]), fontsize=7)
-            ax.set_title(f"{t}: {m}", fontsize=9)
+            ax.set_title(f"{t}: {m} ({n_label(res, t)})", fontsize=9)
             if i == len(names) - 1:
                 ax.set_xlabel("checkpoint step")
             fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-    return fig, s[["trajectory", "layer", "step", "metric", "value"]].reset_index(drop=True)
+    out = s[["trajectory", "layer", "step", "metric", "value"]].reset_index(drop=True)
+    return fig, out.assign(n_seqs=[res.inputs.get(t, {}).get("n_seqs") for t in out.trajectory])
 
 
 def shown_steps(steps: Sequence[int], k: int) -> list[int]:
@@ -211,8 +221,8 @@ def plot_eigenspectra(res, k: int = 4):
             col = cmap(j / max(1, len(chosen) - 1))
             a, b, r2 = f.loc[st, "alpha"], f.loc[st, "intercept"], f.loc[st, "alpha_r2"]
             ax.loglog(g["rank"], g.eigenvalue, color=col, lw=1.3, label=f"step {st}: alpha={a:.2f}, r2={r2:.2f}")
-            tidy += [{"trajectory": t, "step": st, "rank": r, "series": "eigenvalue", "value": v}
-                     for r, v in zip(g["rank"], g.eigenvalue)]
+            tidy += [{"trajectory": t, "step": st, "rank": r, "series": "eigenvalue", "value": v,
+                      "n_seqs": res.inputs.get(t, {}).get("n_seqs")} for r, v in zip(g["rank"], g.eigenvalue)]
             if np.isfinite(a):
                 rr = np.arange(lo, min(hi, int(g["rank"].max())) + 1)
                 fit = np.exp(b) * rr ** (-a)
@@ -220,7 +230,7 @@ def plot_eigenspectra(res, k: int = 4):
                 tidy += [{"trajectory": t, "step": st, "rank": r, "series": "power_law_fit", "value": v}
                          for r, v in zip(rr, fit)]
         _log(ax, "xy")
-        ax.set(title=t, xlabel="rank", ylabel="eigenvalue (normalised)")
+        ax.set(title=f"{t} ({n_label(res, t)})", xlabel="rank", ylabel="eigenvalue (fraction of variance)")
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
