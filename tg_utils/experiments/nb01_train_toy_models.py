@@ -138,8 +138,8 @@ def findings(summary: pd.DataFrame, P) -> str:
     spread = seed_spread(summary, P.seeds[0])
     best = spread.loc[spread.test_ppl_mean.idxmin()]
     uni = float(summary.loc[summary.run == best.run, "unigram_test_ppl"].iloc[0])
-    lines = [f"Best test perplexity: {best.run} at {best.test_ppl_mean:.1f} (mean of {best.n_seeds} seed"
-             f"{'s' if best.n_seeds > 1 else ''}; unigram baseline {uni:.1f})."]
+    seeds = f"mean of {best.n_seeds} seeds" if best.n_seeds > 1 else f"seed {best.seeds}"
+    lines = [f"Best test perplexity: {best.run} at {best.test_ppl_mean:.1f} ({seeds}; unigram baseline {uni:.1f})."]
     for r in spread.itertuples():
         if r.n_seeds > 1:
             lines.append(f"  {r.run:24s} val {r.val_ppl_mean:8.1f} [{r.val_ppl_min:.1f}-{r.val_ppl_max:.1f}]  test "

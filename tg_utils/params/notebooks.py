@@ -51,6 +51,7 @@ class TrainToyParams(NotebookParams):
     d_ff: int = 512
     context: int = 256
     dropout: float = 0.0
+    tie_embeddings: bool = False         # lm_head shares the embedding matrix (the original analyzer ties them)
     max_steps: int = 160
     batch_size: int = 8
     grad_accum: int = 1

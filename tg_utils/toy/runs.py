@@ -61,7 +61,7 @@ def model_config(P, run: str, vocab_size: int) -> ToyConfig:
     """The model of a run: its preset (llama-postln for the no-warmup run) at the parameters' sizes."""
     name = "llama-postln" if run == NO_WARMUP else run
     return preset(name, n_layer=P.n_layer, d_model=P.d_model, n_head=P.n_head, d_ff=P.d_ff,
-                  context=P.context, vocab_size=vocab_size, dropout=P.dropout)
+                  context=P.context, vocab_size=vocab_size, dropout=P.dropout, tie_embeddings=P.tie_embeddings)
 
 
 def train_config(P, run: str, seed: int | None = None) -> TrainConfig:
