@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tg_utils.experiments import nb01_train_toy_models as nb01
+from tg_utils.models.spec import ModelSpec
 from tg_utils.params import ParameterError
 from tg_utils.params.notebooks import TrainToyParams
 from tg_utils.toy.checkpoints import list_checkpoints, run_dir, step_path
@@ -126,3 +127,10 @@ def test_loss_curves_are_the_mean_over_seeds_with_their_range():
     assert (v.value, v.value_min, v.value_max, v.n_seeds) == (5.0, 4.0, 6.0, 2)
     assert d[d.metric == "train_loss_smoothed"].step.tolist() == [1, 2]
     assert len(nb01.lr_schedule_data(pd.DataFrame(rows))) == 2                        # the first seed's schedule
+
+
+def test_another_seed_is_reached_by_its_folder_name_as_a_toy_spec(tmp_path):
+    job = run_jobs(TrainToyParams(seeds=[0, 1]))[-1]
+    spec = ModelSpec.parse(f"toy:{job.folder}@4")
+    assert (spec.kind, spec.name, spec.step) == ("toy", "standard-preln-seed1", 4)
+    assert run_dir(tmp_path, spec.name) == tmp_path / "checkpoints" / "standard-preln-seed1"
