@@ -28,7 +28,7 @@ def summary(val_with: float, val_without: float) -> pd.DataFrame:
 
 def test_loss_curves_data_is_the_smoothed_train_loss_and_every_evaluation():
     d = nb01.loss_curves_data(logs(), smooth=2)
-    assert list(d.columns) == ["run", "step", "metric", "value"]
+    assert list(d.columns) == ["run", "step", "metric", "value", "value_min", "value_max", "n_seeds"]
     a = d[(d.run == "a") & (d.metric == "train_loss_smoothed")]
     assert a.step.tolist() == [1, 2, 3, 4]
     assert a.value.tolist()[:2] == pytest.approx([7.0 - 1 / 20, (7.0 - 1 / 20 + 7.0 - 2 / 20) / 2])
@@ -44,5 +44,5 @@ def test_warmup_verdict_and_findings():
     assert not nb01.warmup_verdict(summary(1000.0, 1040.0), P).needs_warmup
     assert nb01.warmup_verdict(summary(1000.0, 1100.0), TrainToyParams(no_warmup_run=False)) is None
     text = nb01.findings(summary(1000.0, 1100.0), P)
-    assert text.splitlines()[0] == "Best test perplexity: llama-preln at 801.0 (unigram baseline 410.0)."
-    assert text.endswith("without: 1100.0 -> here post-norm training needs warmup.")
+    assert text.splitlines()[0] == "Best test perplexity: llama-preln at 801.0 (seed 0; unigram baseline 410.0)."
+    assert "without: 1100.0 (seed 0) -> here post-norm training needs warmup." in text

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from .params import params_class
 from .toy.checkpoints import checkpoint_steps
+from .toy.runs import run_jobs
 
 CPU_FLOPS = 2.5e10            # FLOP/s, float32 forward, one thread
 GEOMETRY_S = 2.0e-10          # s per (points^2 x d) per layer, float64 layer_profile: distances
@@ -153,7 +154,7 @@ def estimate(nb: str, P, sizes: dict, downloads_gb: float = 0.0, toy_steps: int 
     load = sum(_weights_gb(s, dt) * GB / LOAD_BPS for _, s in items)
     if nb == "01_train_toy_models":
         s = items[0][1]
-        runs = len(P.presets) + int(P.no_warmup_run)
+        runs = len(run_jobs(P))
         tok = P.max_steps * P.batch_size * P.grad_accum * P.context
         n_eval = P.max_steps // P.eval_every + 2
         secs += runs * (6 * s.params * tok + 2 * s.params * P.eval_tokens * n_eval) / rate

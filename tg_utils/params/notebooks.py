@@ -9,14 +9,7 @@ from dataclasses import dataclass, field
 from ..models.spec import ModelSpec, ModelSpecError
 from ..paths import resolve
 from .base import NotebookParams, ParameterError, register
-
-
-def _corpus_check(p) -> None:
-    if p.corpus not in ("gensim-wiki", "wikitext", "text"):
-        raise ParameterError(f"parameter 'corpus': unknown source {p.corpus!r}; "
-                             "use 'gensim-wiki', 'wikitext' (with corpus_path) or 'text' (with corpus_path)")
-    if p.corpus != "gensim-wiki" and not p.corpus_path:
-        raise ParameterError(f"parameter 'corpus_path' is needed for corpus={p.corpus!r}")
+from .checks import corpus_check as _corpus_check, seeds_check
 
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|meta")
@@ -50,12 +43,15 @@ class TrainToyParams(NotebookParams):
     presets: list[str] = field(default_factory=lambda: [
         "llama-preln", "llama-postln", "standard-preln", "standard-postln"])
     no_warmup_run: bool = True          # also train llama-postln with warmup_steps = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])   # seeds[0] = seed: the folders later notebooks read
+    seed_runs: list[str] = field(default_factory=lambda: ["llama-preln", "standard-preln"])  # trained with every seed
     n_layer: int = 6
     d_model: int = 128
     n_head: int = 4
     d_ff: int = 512
     context: int = 256
     dropout: float = 0.0
+    tie_embeddings: bool = False         # lm_head shares the embedding matrix (the original analyzer ties them)
     max_steps: int = 160
     batch_size: int = 8
     grad_accum: int = 1
@@ -82,6 +78,7 @@ class TrainToyParams(NotebookParams):
         if not self.presets:
             raise ParameterError("parameter 'presets' must name at least one preset")
         runs = list(self.presets) + ["llama-postln-nowarmup"]
+        seeds_check(self, runs if self.no_warmup_run else runs[:-1])
         for run, lr in self.lr_by_run.items():
             if run not in runs:
                 raise ParameterError(f"parameter 'lr_by_run': {run!r} is not a run; runs: {', '.join(runs)}")

@@ -8,14 +8,18 @@ import pandas as pd
 
 def plot_training_curves(curves: pd.DataFrame, smooth: int):
     """Training loss (running mean over `smooth` steps), validation loss and validation perplexity per
-    run, from nb01.loss_curves_data (columns run, step, metric, value)."""
+    run, from nb01.loss_curves_data (columns run, step, metric, value; with value_min / value_max, the
+    min-max over a run's seeds is shaded and its legend names the number of seeds)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for run, g in curves.groupby("run", sort=False):
-        tr = g[g.metric == "train_loss_smoothed"]
-        axes[0].plot(tr.step, tr.value, label=run)
-        for ax, metric in ((axes[1], "val_loss"), (axes[2], "val_ppl")):
-            ev = g[g.metric == metric]
-            ax.plot(ev.step, ev.value, marker=".", label=run)
+        n = int(g.n_seeds.max()) if "n_seeds" in g else 1
+        label = run if n == 1 else f"{run} (mean of {n} seeds)"
+        for ax, metric, marker in ((axes[0], "train_loss_smoothed", None), (axes[1], "val_loss", "."),
+                                   (axes[2], "val_ppl", ".")):
+            d = g[g.metric == metric]
+            line, = ax.plot(d.step, d.value, marker=marker, label=label)
+            if n > 1:
+                ax.fill_between(d.step, d.value_min, d.value_max, color=line.get_color(), alpha=0.2, lw=0)
     axes[0].set(title=f"training loss (mean of {smooth} steps)", xlabel="step", ylabel="cross-entropy (nats)")
     axes[1].set(title="validation loss", xlabel="step", ylabel="cross-entropy (nats)")
     axes[2].set(title="validation perplexity", xlabel="step", ylabel="perplexity", yscale="log")
