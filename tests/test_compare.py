@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from tg_utils import compare as C
 from tg_utils.runner import print_comparison, reference_figures
