@@ -179,3 +179,20 @@ def test_paper_profile_feeds_no_bos_to_the_papers_models_and_runs_bfloat16():
         sec = prof[nb]
         assert not papers & set(sec.get("bos_models", [])), nb
         assert sec["model_dtype"] == "bfloat16", nb
+
+
+def test_id_loss_findings_count_the_original_layers_only():
+    # the original correlates ID and loss at layers 1..L (model_comparison.ipynb: ids from reps[1:]); layer 0's
+    # correlation stays in the table but not in the counts
+    long = long_of(STACK)
+    long = pd.concat([long, long.assign(prompt_id=long.prompt_id + 3)], ignore_index=True)
+    long.loc[long.metric == "loss", "value"] = np.arange(6) + 0.5
+    ids = long.metric == "id"
+    long.loc[ids, "value"] = np.where(long.layer[ids] == 0, long.prompt_id[ids], 6 - long.prompt_id[ids])
+    corr = nb04.id_loss_correlation(long)
+    assert corr.set_index("layer").r.loc[0] == pytest.approx(1.0)
+    summ = profile_summary(long, nb04.PROFILE_METRICS, n_boot=20)
+    text = nb05.describe_comparison(nb05.comparison_summary(long, summ), corr)
+    assert "r>0 at 0/4 layers" in text
+    both = pd.concat([long, long.assign(shuffle_index=1)], ignore_index=True)
+    assert nb04.describe_shuffle(both).count("positive at 0/4 layers") == 2      # S = 0 and pooled

@@ -354,11 +354,11 @@ def describe_shuffle(long: pd.DataFrame, infos: pd.DataFrame | None = None) -> s
         lines.append(f"  mean cosine over the middle third per S: {_fmt_list(cm.cos_full, '{:.2f}')}")
         for name, c in (("S=0, across prompts", corr0), ("pooled over (prompt, S)", corrp)):
             g = c[(c.model == model) & (c.revision == rev)]
+            g = g[g.r.notna() & (g.layer >= PAPER_MIN_LAYER)]      # the original correlates layers 1..L
             if g.empty:
                 lines.append(f"  ID-loss correlation ({name}): not defined (no loss or < 3 samples)")
                 continue
-            g = g[g.r.notna()]
-            lines.append(f"  ID-loss Pearson r ({name}, n={int(g.n.iloc[0])}): positive at {int((g.r > 0).sum())}/"
+            lines.append(f"  ID-loss Pearson r ({name}, n={int(g.n.iloc[0])}, layers >= 1): positive at {int((g.r > 0).sum())}/"
                          f"{len(g)} layers, positive with p<0.05 at {int(((g.r > 0) & (g.p < 0.05)).sum())}, "
                          f"negative with p<0.05 at {int(((g.r < 0) & (g.p < 0.05)).sum())}; r range "
                          f"{g.r.min():.2f}..{g.r.max():.2f}, median {g.r.median():.2f}")

@@ -130,9 +130,9 @@ def describe_comparison(table: pd.DataFrame, corr: pd.DataFrame) -> str:
     lines = []
     for _, r in table.iterrows():
         c = corr[(corr.model == r.model) & (corr.revision == r.revision)]
-        c = c[c.r.notna()]
+        c = c[c.r.notna() & (c.layer >= PAPER_MIN_LAYER)]          # the original correlates layers 1..L
         cor = ("no loss (encoder)" if c.empty else
-               f"ID-loss r>0 at {int((c.r > 0).sum())}/{len(c)} layers ({int(((c.r > 0) & (c.p < 0.05)).sum())} "
+               f"ID-loss (layers >= 1) r>0 at {int((c.r > 0).sum())}/{len(c)} layers ({int(((c.r > 0) & (c.p < 0.05)).sum())} "
                f"with p<0.05), median r {c.r.median():.2f}")
         loss = "" if math.isnan(r.mean_loss) else f"; loss {r.mean_loss:.2f}"
         lines.append(f"{r.label:26s} ID peak (layers >= 1, the paper's) {r.peak_id_from_l1:5.1f} at layer "
