@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import _check_k, _clouds, _f64, _one_thread, _to_numpy, _unbatch
+from ._arrays import _clouds, _f64, _one_thread, _to_numpy, _unbatch
 from .knn import _neighbor_table
 
 
@@ -42,8 +42,8 @@ def nn_sim(X) -> np.ndarray:
     argsort of float32 distances, so it may differ from this on exact ties only.
     """
     C, lead = _clouds(X)
-    n = C.shape[-2]
-    _check_k(2, n, "the second neighbour (N >= 3 tokens)")
+    if C.shape[-2] < 3:
+        raise ValueError(f"nn_sim needs two neighbours per token: clouds of N >= 3 tokens, got N = {C.shape[-2]}.")
     with _one_thread(C):
         out = [nn_sim_from_indices(c, _neighbor_table(c, 2, ()).indices) for c in C]
     return _unbatch(np.stack(out), lead)
