@@ -85,7 +85,7 @@ def test_paper_preflight_offline_is_fast_and_names_what_is_missing(tmp_path, mon
     for nb in ("01_train_toy_models", "04_shuffle_experiment", "07_attention_geometry", "total"):
         assert nb in table
     big = {e.notebook: e for e in r.estimates}["02_extract_states"]
-    assert big.download_gb > 40 and big.gpu_gb > 16 and big.ram_gb > 20     # Llama-3-8B in bf16, 50 x 1025 states
+    assert big.download_gb > 40 and big.gpu_gb > 16 and big.ram_gb > 20     # Llama-3-8B in bf16, 50 x 1024 states
 
 
 def test_preflight_sees_the_rehearsal_cache(hub, tmp_path, monkeypatch):

@@ -186,11 +186,11 @@ def test_peak_comparison_on_a_constructed_table():
             (1, 0): [5, 6, 7, 8, 4], (1, 1): [5, 6, 7, 8, 4], (1, 2): [5, 6, 11, 5, 4],
             (2, 0): [5, 6, 7, 20, 4], (2, 1): [5, 6, 7, 8, 4], (2, 2): [5, 6, 7, 8, 4]}
     long = table({k: {"id": v} for k, v in prof.items()})
-    pk = nb04.peaks(long)
+    pk = nb04.peaks(long, min_layer=0)                      # our all-layers view (layer 0 is no peak here)
     assert len(pk) == 9 and set(pk.n_layers) == {4}
     p01 = pk[(pk.prompt_id == 0) & (pk.shuffle_index == 1)].iloc[0]
     assert p01.peak == 9 and p01.peak_layer == 1 and p01.peak_depth == 0.25      # tie: the first layer
-    cmp = nb04.peak_comparison(long)
+    cmp = nb04.peak_comparison(long, min_layer=0)
     assert (cmp.s_cmp == 2).all() and list(cmp.prompt_id) == [0, 1, 2]
     assert list(cmp.higher) == [True, True, False]
     assert list(cmp["shift"]) == [-2, -1, 0] and list(cmp.layer_ref) == [3, 3, 3]
@@ -199,21 +199,24 @@ def test_peak_comparison_on_a_constructed_table():
     assert f.frac_earlier == pytest.approx(2 / 3) and f.frac_same == pytest.approx(1 / 3) and f.frac_later == 0
     assert f.peak_ref == pytest.approx(37 / 3) and f.peak_cmp == pytest.approx(31 / 3)
     assert f.ratio == pytest.approx(31 / 37) and f.mean_shift == pytest.approx(-1)
-    one = nb04.peak_comparison(long, shuffled=1)
+    one = nb04.peak_comparison(long, shuffled=1, min_layer=0)
     assert list(one.higher) == [False, False, False]
     check_long(nb04.comparison_long(cmp))
     # layer 0 (the same cloud at every S) highest: over all layers nothing can be higher; from layer 1 on it can
     l0 = table({(p, s): {"id": [30, 5 + s, 4]} for p in range(3) for s in (0, 2)})
-    assert not nb04.peak_comparison(l0).higher.any() and (nb04.peak_comparison(l0).peak_ref == 30).all()
-    from1 = nb04.peak_comparison(l0, min_layer=1)
+    all_layers = nb04.peak_comparison(l0, min_layer=0)
+    assert not all_layers.higher.any() and (all_layers.peak_ref == 30).all()
+    assert set(nb04.comparison_long(all_layers).metric) == {"id_peak_all_layers_higher_than_s0",
+                                                            "id_peak_all_layers_shift_from_s0"}
+    from1 = nb04.peak_comparison(l0)                        # the default: the paper's, layers >= 1
     assert from1.higher.all() and (from1.peak_ref == 5).all() and (from1.peak_cmp == 7).all()
     assert (from1.layer_ref == 1).all() and (from1.min_layer == 1).all()
-    names = set(nb04.comparison_long(from1).metric) | set(nb04.peaks_long(nb04.peaks(l0, min_layer=1)).metric)
+    names = set(nb04.comparison_long(from1).metric) | set(nb04.peaks_long(nb04.peaks(l0)).metric)
     assert names == {"id_peak_from_l1_higher_than_s0", "id_peak_from_l1_shift_from_s0", "id_peak_from_l1",
                      "id_peak_from_l1_layer", "id_peak_from_l1_depth"}
     # models are compared each at its own largest S
     both = pd.concat([long, table({(0, 0): {"id": [1, 3, 2]}, (0, 4): {"id": [1, 2, 5]}}, model="n")])
-    c2 = nb04.peak_comparison(both)
+    c2 = nb04.peak_comparison(both, min_layer=0)
     assert c2[c2.model == "n"].s_cmp.tolist() == [4] and c2[c2.model == "n"].higher.tolist() == [True]
 
 
@@ -265,11 +268,14 @@ def test_comparison_summary_and_band_means():
     summ = profile_summary(long, ("id", "chi_1", "cos_full"), n_boot=50)
     t = nb05.comparison_summary(long, summ).iloc[0]
     assert t.label == "x (trained)" and t.n_layers == 6 and t.n_prompts == 3
-    assert t.peak_id == pytest.approx(20) and t.peak_layer == 0 and t.peak_depth == 0        # the embedding output
+    assert t.peak_id_all_layers == pytest.approx(20) and t.peak_layer_all_layers == 0      # the embedding output
+    assert t.peak_depth_all_layers == 0
     assert t.peak_id_from_l1 == pytest.approx(10) and t.peak_layer_from_l1 == 2
     assert t.peak_depth_from_l1 == pytest.approx(1 / 3)
-    assert t.cos_mid == pytest.approx(0.4) and t.chi1_min == pytest.approx(0.2) and t.chi1_max == pytest.approx(0.9)
-    assert t.mean_loss == pytest.approx(4.0) and t.prompt_peak_id == pytest.approx(20)
+    # chi_1 over the pairs (1, 2) .. (5, 6): the pair (0, 1) (0.2) is left out
+    assert t.cos_mid == pytest.approx(0.4) and t.chi1_min == pytest.approx(0.3) and t.chi1_max == pytest.approx(0.9)
+    assert t.mean_loss == pytest.approx(4.0) and t.prompt_peak_id_from_l1 == pytest.approx(10)
+    assert np.isnan(t.nn_sim)                                                    # no nn_sim rows in this table
     late = nb04.band_mean(long, "chi_1", 2 / 3, 1.0)
     assert late.chi_1.iloc[0] == pytest.approx(0.85)                             # pairs (4,5) and (5,6)
     check_long(nb05.comparison_summary_long(nb05.comparison_summary(long, summ)))
@@ -287,10 +293,13 @@ def test_figures_and_findings_run_on_a_constructed_table():
         for s in (0, 1, 2):
             ids = [8.0] + list(10 + 3 * s + rng.normal(0, 1, 4)) + [6.0]
             prof[(p, s)] = {"id": ids, "id_s1": ids, "id_s2": [x * 1.2 for x in ids],
-                            "cos_full": list(rng.random(6)), "chi_1": list(rng.random(5))}
+                            "cos_full": list(rng.random(6)), "chi_1": list(rng.random(5)),
+                            "nn_angle": list(60 + 10 * rng.random(6))}
             loss[(p, s)] = 2 + s + rng.normal(0, 0.2)
     long = table(prof, loss)
     summ = profile_summary(long, nb04.PROFILE_METRICS, n_boot=50)
+    fig, tidy = shuffle_plots.plot_shuffle_profiles(long, summ, "nn_angle", 2, min_layer=1)
+    assert tidy.layer.min() == 1 and tidy.nn_angle.notna().all()               # the original's view: from layer 1
     for fn in (lambda: shuffle_plots.plot_shuffle_profiles(long, summ, "id", 2), lambda: shuffle_plots.plot_scale_curves_by_s(long),
                lambda: shuffle_plots.plot_loss_vs_s(long), lambda: shuffle_plots.plot_peak_comparison(nb04.peak_comparison(long)),
                lambda: profiles.plot_correlation(nb04.id_loss_correlation(long))):
@@ -298,6 +307,7 @@ def test_figures_and_findings_run_on_a_constructed_table():
         assert len(tidy)
     text = nb04.describe_shuffle(long)
     assert "peak higher for" in text and "mean loss per S" in text and "ID-loss Pearson r" in text
+    assert "the paper's procedure" in text and "(our addition)" in text and "nn_sim angle" in text
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -10,7 +10,9 @@ unembedding reads; for post-norm toys and encoders, the output of the last block
 Metrics per prompt and layer: `cos_full` (mean of the full cosine matrix, diagonal included, as
 token_geometry), `cos_offdiag` (the Analyzer's), `id` (GRIDE, scale n1=1) and `id_err`, the scale
 curve `id_s{n1}` for n1 = 1, 2, 4, ..., `chi_{k}` between layer l and l+1 (stored at layer l, k =
-1..k_max), and per prompt `loss` (mean next-token cross-entropy, nats) at layer -1.
+1..k_max), `nn_sim` and `nn_angle` (the mean over tokens of token_geometry's nearest-neighbour
+difference cosine and of its angle in degrees), and per prompt `loss` (mean next-token cross-entropy,
+nats) at layer -1.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from .paths import OutputDirs
 from .metrics.stats import mean_ci
 from .store import cache_key, cached_table
 
-# bump when the rows written here change: invalidates cached tables (2: verified parquet via tg_utils.store)
-GEOMETRY_VERSION = 2
+# bump when the rows written here change: invalidates cached tables (2: verified parquet via tg_utils.store;
+# 3: nn_sim and nn_angle rows)
+GEOMETRY_VERSION = 3
 TABLE_COLUMNS = ["model", "revision", "prompt_id", "shuffle_index", "layer", "metric", "value"]
 
 
@@ -45,7 +48,8 @@ def profile_rows(lp: M.LayerProfile, k_max: int) -> pd.DataFrame:
     n_layers = len(lp.cos_full)
     layer = np.arange(n_layers)
     parts = [("cos_full", layer, lp.cos_full), ("cos_offdiag", layer, lp.cos_offdiag),
-             ("id", layer, lp.gride.ids[:, 0]), ("id_err", layer, lp.gride.errs[:, 0])]
+             ("id", layer, lp.gride.ids[:, 0]), ("id_err", layer, lp.gride.errs[:, 0]),
+             ("nn_sim", layer, lp.nn_sim), ("nn_angle", layer, lp.nn_angle)]
     for j, n1 in enumerate(lp.gride.n1):
         parts.append((f"id_s{int(n1)}", layer, lp.gride.ids[:, j]))
     for k in range(1, k_max + 1):

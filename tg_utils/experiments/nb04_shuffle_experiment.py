@@ -4,6 +4,12 @@ N = n_tokens where the context allows it, else the longest power of 4 that fits)
 index S (4**S blocks permuted, a BOS kept first and left out of the clouds), every (model, S) through
 geometry.geometry_table (cached), and the derived tables and findings.
 
+The original's procedures (token_geometry, src/) are the defaults: the ID peak over the blocks' outputs
+(layers >= 1: its src/summarize.py:11 never computes ID on the embedding output), chi_k over the pairs
+(1, 2) .. (L-1, L) (src/summarize.py:103), the nearest-neighbour difference cosine nn_sim (src/utils.py:37-49,
+per token; its notebook plots the angle from layer 1 on). The peak over all layers (layer 0 included) is
+our addition, kept beside it and labelled so.
+
 Derived quantities, each also as a long table (model, revision, prompt_id, shuffle_index, layer,
 metric, value) with these conventions: prompt_id = -1 for a number over all prompts, shuffle_index =
 -1 for a number pooled over shuffle indices, layer = -1 for a number of the whole prompt (a peak, a
@@ -34,8 +40,35 @@ from ..tables import LONG_COLUMNS
 from .nb02_extract_states import free_memory, load
 
 NB = "04_shuffle_experiment"
-PROFILE_METRICS = ("id", "chi_1", "cos_full")
-MIN_LAYERS = (0, 1)         # ID peaks over all layers, and over the blocks' outputs (leaving out the embedding)
+PROFILE_METRICS = ("id", "chi_1", "cos_full", "nn_angle")
+# token_geometry src/summarize.py:11 computes ID for reps[1:] (the blocks' outputs, no embedding output) and
+# src/summarize.py:103 pairs (reps[1:-1], reps[2:]) for the overlap: both start at layer 1
+PAPER_MIN_LAYER = 1
+MIN_LAYERS = (PAPER_MIN_LAYER, 0)   # ID peaks: the original's (layers >= 1), then ours over all layers
+# the original's first layer per metric in the profile figures (its shuffle_experiment.ipynb plots ID, chi_k
+# and the nn_sim angle from layer 1 on, the cosine from layer 0)
+PAPER_FIRST_LAYER = {"id": 1, "chi_1": 1, "nn_sim": 1, "nn_angle": 1, "cos_full": 0}
+
+
+def peak_scope(min_layer: int) -> str:
+    """How a peak over layers >= min_layer is labelled in text, figures and captions."""
+    if min_layer == PAPER_MIN_LAYER:
+        return f"layers >= {min_layer}, the paper's procedure"
+    return "all layers, embedding output included (our addition)" if min_layer == 0 else f"layers >= {min_layer}"
+
+
+def paper_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """A profile summary (or long table) cut to the layers the original reports per metric
+    (PAPER_FIRST_LAYER): layer 0 left out of ID, chi_1 and nn_sim; other metrics untouched."""
+    first = summary.metric.map(PAPER_FIRST_LAYER).fillna(0)
+    return summary[summary.layer >= first].reset_index(drop=True)
+
+
+def chi_range(summary: pd.DataFrame, metric: str = "chi_1", first_pair: int = PAPER_MIN_LAYER) -> tuple[float, float]:
+    """(min, max) of a mean chi profile over the pairs (l, l+1) with l >= first_pair: the original's
+    pairs (1, 2) .. (L-1, L) by default (src/summarize.py:103); first_pair = 0 adds (0, 1)."""
+    sub = summary[(summary.metric == metric) & (summary.layer >= first_pair)]["mean"]
+    return float(sub.min()), float(sub.max())
 
 
 def shuffle_experiment(spec: str, P, corpus, progress: bool = True) -> tuple[pd.DataFrame, ShufflePrompts]:
@@ -76,12 +109,12 @@ def run(P, progress: bool = True) -> ShuffleRun:
 
 
 def id_peaks_long(long: pd.DataFrame) -> pd.DataFrame:
-    """Every prompt's ID peak at every S, over all layers and from layer 1 on, in the long form."""
+    """Every prompt's ID peak at every S, from layer 1 on (the paper's) and over all layers, in the long form."""
     return pd.concat([peaks_long(peaks(long, min_layer=m)) for m in MIN_LAYERS])
 
 
 def peak_comparisons(long: pd.DataFrame) -> list[pd.DataFrame]:
-    """peak_comparison() over all layers and from layer 1 on."""
+    """peak_comparison() from layer 1 on (the paper's procedure) and over all layers (ours), in that order."""
     return [peak_comparison(long, min_layer=m) for m in MIN_LAYERS]
 
 
@@ -112,11 +145,12 @@ def n_layers_of(long: pd.DataFrame) -> pd.Series:
     return long[long.metric == "id"].groupby(["model", "revision"]).layer.max().rename("n_layers")
 
 
-def peaks(long: pd.DataFrame, metric: str = "id", min_layer: int = 0) -> pd.DataFrame:
+def peaks(long: pd.DataFrame, metric: str = "id", min_layer: int = PAPER_MIN_LAYER) -> pd.DataFrame:
     """Each profile's peak over the layers >= min_layer: model, revision, prompt_id, shuffle_index, peak,
     peak_layer, n_layers, peak_depth (peak_layer / n_layers), min_layer. The first layer wins a tie;
-    NaN layers are skipped. min_layer = 1 leaves out the embedding output (layer 0), whose cloud is the
-    same at every S (the same tokens, permuted) and so cannot tell structured from shuffled."""
+    NaN layers are skipped. min_layer = 1 (default, the original's: src/summarize.py:11) leaves out the
+    embedding output (layer 0), whose cloud is the same at every S (the same tokens, permuted) and so cannot
+    tell structured from shuffled; min_layer = 0 is our all-layers view."""
     sub = long[(long.metric == metric) & long.value.notna() & (long.layer >= min_layer)].reset_index(drop=True)
     if sub.empty:
         raise ValueError(f"no finite {metric!r} rows at layers >= {min_layer}")
@@ -127,7 +161,7 @@ def peaks(long: pd.DataFrame, metric: str = "id", min_layer: int = 0) -> pd.Data
 
 
 def peak_comparison(long: pd.DataFrame, reference: int = 0, shuffled: int | None = None,
-                    metric: str = "id", min_layer: int = 0) -> pd.DataFrame:
+                    metric: str = "id", min_layer: int = PAPER_MIN_LAYER) -> pd.DataFrame:
     """Prompt by prompt, the peak (over layers >= min_layer) at S = `shuffled` (default: each model's
     largest S, full shuffling when N = 4**S) against the peak at S = `reference`: model, revision,
     prompt_id, s_ref, s_cmp, peak_ref, peak_cmp, layer_ref, layer_cmp, depth_ref, depth_cmp, min_layer,
@@ -205,12 +239,12 @@ def long_form(df: pd.DataFrame, values: dict[str, str], prompt_id="prompt_id", s
 
 
 def _peak_name(metric: str, min_layer: int) -> str:
-    return f"{metric}_peak" if min_layer == 0 else f"{metric}_peak_from_l{min_layer}"
+    return f"{metric}_peak_all_layers" if min_layer == 0 else f"{metric}_peak_from_l{min_layer}"
 
 
 def peaks_long(pk: pd.DataFrame, metric: str = "id") -> pd.DataFrame:
-    """peaks() in the long form (layer -1): {name}, {name}_layer, {name}_depth with name = {metric}_peak
-    (all layers) or {metric}_peak_from_l{min_layer}."""
+    """peaks() in the long form (layer -1): {name}, {name}_layer, {name}_depth with name =
+    {metric}_peak_from_l{min_layer} (l1: the paper's) or {metric}_peak_all_layers (ours)."""
     name = _peak_name(metric, int(pk.min_layer.iloc[0]))
     return long_form(pk, {"peak": name, "peak_layer": f"{name}_layer", "peak_depth": f"{name}_depth"}, layer=-1)
 
@@ -290,7 +324,7 @@ def describe_shuffle(long: pd.DataFrame, infos: pd.DataFrame | None = None) -> s
         lines.append(head + f"; S = {ss[0]}..{ss[-1]})")
         lines.append(f"  ID at layer 0 (embedding output) per S, equal by construction: {_fmt_list(l0)}")
         for ml in MIN_LAYERS:
-            where = "all layers" if ml == 0 else f"layers >= {ml}"
+            where = peak_scope(ml)
             prof = mean_profile[mean_profile.index.get_level_values("layer") >= ml]
             mp_peak = [prof.loc[s].max() for s in ss]
             mp_layer = [int(prof.loc[s].idxmax()) for s in ss]
@@ -305,17 +339,26 @@ def describe_shuffle(long: pd.DataFrame, infos: pd.DataFrame | None = None) -> s
         ch = chi_late[(chi_late.model == model) & (chi_late.revision == rev)].sort_values("shuffle_index")
         cm = cos_mid[(cos_mid.model == model) & (cos_mid.revision == rev)].sort_values("shuffle_index")
         chi = long[(long.model == model) & (long.revision == rev) & (long.metric == "chi_1")]
-        chi_max = chi.groupby(["shuffle_index", "layer"]).value.mean().groupby(level=0).max()
+        chi_max = chi[chi.layer >= PAPER_MIN_LAYER].groupby(["shuffle_index", "layer"]).value.mean().groupby(
+            level=0).max()
         lines.append(f"  chi_1 over the last third of the layers per S: {_fmt_list(ch.chi_1, '{:.2f}')}; "
-                     f"largest chi_1 of the mean profile per S: {_fmt_list(chi_max, '{:.2f}')}")
+                     f"largest chi_1 of the mean profile per S, pairs (1,2)..(L-1,L) as the paper: "
+                     f"{_fmt_list(chi_max, '{:.2f}')}")
+        nn = long[(long.model == model) & (long.revision == rev) & (long.metric == "nn_angle")
+                  & (long.layer >= PAPER_MIN_LAYER)]
+        if len(nn):
+            ang = nn.groupby(["shuffle_index", "layer"]).value.mean().groupby(level=0)
+            lines.append(f"  nn_sim angle (degrees, mean over tokens, layers >= 1) per S: mean over layers "
+                         f"{_fmt_list(ang.mean())}; range of the mean profile "
+                         + ", ".join(f"{a:.0f}..{b:.0f}" for a, b in zip(ang.min(), ang.max())))
         lines.append(f"  mean cosine over the middle third per S: {_fmt_list(cm.cos_full, '{:.2f}')}")
         for name, c in (("S=0, across prompts", corr0), ("pooled over (prompt, S)", corrp)):
             g = c[(c.model == model) & (c.revision == rev)]
+            g = g[g.r.notna() & (g.layer >= PAPER_MIN_LAYER)]      # the original correlates layers 1..L
             if g.empty:
                 lines.append(f"  ID-loss correlation ({name}): not defined (no loss or < 3 samples)")
                 continue
-            g = g[g.r.notna()]
-            lines.append(f"  ID-loss Pearson r ({name}, n={int(g.n.iloc[0])}): positive at {int((g.r > 0).sum())}/"
+            lines.append(f"  ID-loss Pearson r ({name}, n={int(g.n.iloc[0])}, layers >= 1): positive at {int((g.r > 0).sum())}/"
                          f"{len(g)} layers, positive with p<0.05 at {int(((g.r > 0) & (g.p < 0.05)).sum())}, "
                          f"negative with p<0.05 at {int(((g.r < 0) & (g.p < 0.05)).sum())}; r range "
                          f"{g.r.min():.2f}..{g.r.max():.2f}, median {g.r.median():.2f}")

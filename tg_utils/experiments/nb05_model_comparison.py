@@ -1,6 +1,8 @@
 """Notebook 05 (model comparison): every model on the structured prompts of notebooks 02 and 03 (the
 same cache entries), its profile summary, the ID-loss correlation of the trained models, one summary
-row per model (peak ID and its depth, middle-third cosine, chi_1 range, loss) and the findings text."""
+row per model (peak ID and its depth, middle-third cosine, chi_1 range, nn_sim, loss) and the findings
+text. The original's procedures (token_geometry src/) are the defaults: ID peak over the blocks' outputs,
+chi_1 over the pairs (1, 2) .. (L-1, L); the all-layers peak is our addition, labelled so."""
 from __future__ import annotations
 
 import math
@@ -16,8 +18,9 @@ from ..models.spec import table_label
 from ..plots.style import model_keys, with_labels
 from .nb02_extract_states import free_memory, model_specs
 from .nb03_geometry_metrics import model_geometry
-from .nb04_shuffle_experiment import (PROFILE_METRICS, band_mean, correlation_long, id_loss_correlation, long_form,
-                                      peaks, summary_long)
+from .nb04_shuffle_experiment import (PAPER_MIN_LAYER, PROFILE_METRICS, band_mean, chi_range, correlation_long,
+                                      id_loss_correlation, long_form, peaks, summary_long)
+from .nb04_shuffle_experiment import paper_view  # noqa: F401  (notebook 05's figures: the original's layers)
 
 NB = "05_model_comparison"
 
@@ -76,31 +79,38 @@ def run(P, progress: bool = True) -> ComparisonRun:
 
 def comparison_summary(long: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """Notebook 05's table, one row per model (S = 0): depth, peak of the mean ID profile and its layer
-    and relative depth (over all layers, and over the blocks' outputs, layers >= 1, leaving out the
-    embedding output), the per-prompt peaks (mean, and the mean of their depths), the mean cosine over
-    the middle third of the depth (layers with l/L in [1/3, 2/3]), the chi_1 range of the mean profile
-    and the mean loss (NaN for encoders)."""
+    and relative depth over the blocks' outputs (layers >= 1, the paper's: token_geometry
+    src/summarize.py:11; `*_from_l1`) and over all layers (our addition, the embedding output included;
+    `*_all_layers`), the per-prompt peaks from layer 1 on (mean, and the mean of their depths), the mean
+    cosine over the middle third of the depth (layers with l/L in [1/3, 2/3]), the chi_1 range of the
+    mean profile over the pairs (1, 2) .. (L-1, L) (src/summarize.py:103), the mean nn_sim and its angle
+    over layers >= 1 and the mean loss (NaN for encoders)."""
     s0 = long[long.shuffle_index == 0]
-    pk = peaks(s0).groupby(["model", "revision"], sort=False)[["peak", "peak_depth"]].mean()
+    pk = peaks(s0, min_layer=PAPER_MIN_LAYER).groupby(["model", "revision"], sort=False)[["peak", "peak_depth"]].mean()
     cos_mid = band_mean(s0, "cos_full", 1 / 3, 2 / 3).set_index(["model", "revision"]).cos_full
     loss = s0[s0.metric == "loss"].groupby(["model", "revision"], sort=False).value.mean()
+    nn = s0[s0.metric.isin(["nn_sim", "nn_angle"]) & (s0.layer >= PAPER_MIN_LAYER)].groupby(
+        ["model", "revision", "metric"], sort=False).value.mean()
     rows = []
     for (model, rev), g in summary[summary.shuffle_index == 0].groupby(["model", "revision"], sort=False):
         idp = g[g.metric == "id"].sort_values("layer")
-        chi = g[g.metric == "chi_1"]
         top = idp.loc[idp["mean"].idxmax()]
-        blocks = idp[idp.layer >= 1]
+        blocks = idp[idp.layer >= PAPER_MIN_LAYER]
         top1 = blocks.loc[blocks["mean"].idxmax()]
         L = int(idp.layer.max())
+        chi_lo, chi_hi = chi_range(g)
         rows.append({"model": model, "revision": rev, "label": table_label(model, rev), "n_layers": L,
                      "n_prompts": int(idp.n_prompts.iloc[0]),
-                     "peak_id": float(top["mean"]), "peak_layer": int(top.layer), "peak_depth": top.layer / L,
                      "peak_id_from_l1": float(top1["mean"]), "peak_layer_from_l1": int(top1.layer),
                      "peak_depth_from_l1": top1.layer / L,
-                     "prompt_peak_id": float(pk.loc[(model, rev), "peak"]),
-                     "prompt_peak_depth": float(pk.loc[(model, rev), "peak_depth"]),
+                     "peak_id_all_layers": float(top["mean"]), "peak_layer_all_layers": int(top.layer),
+                     "peak_depth_all_layers": top.layer / L,
+                     "prompt_peak_id_from_l1": float(pk.loc[(model, rev), "peak"]),
+                     "prompt_peak_depth_from_l1": float(pk.loc[(model, rev), "peak_depth"]),
                      "cos_mid": float(cos_mid.loc[(model, rev)]),
-                     "chi1_min": float(chi["mean"].min()), "chi1_max": float(chi["mean"].max()),
+                     "chi1_min": chi_lo, "chi1_max": chi_hi,
+                     "nn_sim": float(nn.get((model, rev, "nn_sim"), np.nan)),
+                     "nn_angle": float(nn.get((model, rev, "nn_angle"), np.nan)),
                      "mean_loss": float(loss.get((model, rev), np.nan))})
     order = {k: i for i, k in enumerate(model_keys(long))}            # the models in the order they came
     rows.sort(key=lambda r: order[(r["model"], r["revision"])])
@@ -109,8 +119,9 @@ def comparison_summary(long: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFram
 
 def comparison_summary_long(table: pd.DataFrame) -> pd.DataFrame:
     """comparison_summary() in the long form (prompt_id -1, shuffle_index 0, layer -1)."""
-    cols = ["n_layers", "n_prompts", "peak_id", "peak_layer", "peak_depth", "peak_id_from_l1", "peak_layer_from_l1",
-            "peak_depth_from_l1", "prompt_peak_id", "prompt_peak_depth", "cos_mid", "chi1_min", "chi1_max", "mean_loss"]
+    cols = ["n_layers", "n_prompts", "peak_id_from_l1", "peak_layer_from_l1", "peak_depth_from_l1", "peak_id_all_layers",
+            "peak_layer_all_layers", "peak_depth_all_layers", "prompt_peak_id_from_l1", "prompt_peak_depth_from_l1",
+            "cos_mid", "chi1_min", "chi1_max", "nn_sim", "nn_angle", "mean_loss"]
     return long_form(table, {c: c for c in cols}, prompt_id=-1, shuffle_index=0, layer=-1)
 
 
@@ -119,14 +130,15 @@ def describe_comparison(table: pd.DataFrame, corr: pd.DataFrame) -> str:
     lines = []
     for _, r in table.iterrows():
         c = corr[(corr.model == r.model) & (corr.revision == r.revision)]
-        c = c[c.r.notna()]
+        c = c[c.r.notna() & (c.layer >= PAPER_MIN_LAYER)]          # the original correlates layers 1..L
         cor = ("no loss (encoder)" if c.empty else
-               f"ID-loss r>0 at {int((c.r > 0).sum())}/{len(c)} layers ({int(((c.r > 0) & (c.p < 0.05)).sum())} "
+               f"ID-loss (layers >= 1) r>0 at {int((c.r > 0).sum())}/{len(c)} layers ({int(((c.r > 0) & (c.p < 0.05)).sum())} "
                f"with p<0.05), median r {c.r.median():.2f}")
         loss = "" if math.isnan(r.mean_loss) else f"; loss {r.mean_loss:.2f}"
-        lines.append(f"{r.label:26s} ID peak {r.peak_id:5.1f} at layer {r.peak_layer}/{r.n_layers} (depth "
-                     f"{r.peak_depth:.2f}; per-prompt peaks {r.prompt_peak_id:.1f} at depth {r.prompt_peak_depth:.2f}); "
-                     f"from layer 1 on {r.peak_id_from_l1:.1f} at layer {r.peak_layer_from_l1} (depth "
-                     f"{r.peak_depth_from_l1:.2f}); "
-                     f"cos mid-third {r.cos_mid:.2f}; chi_1 {r.chi1_min:.2f}..{r.chi1_max:.2f}{loss}; {cor}")
+        lines.append(f"{r.label:26s} ID peak (layers >= 1, the paper's) {r.peak_id_from_l1:5.1f} at layer "
+                     f"{r.peak_layer_from_l1}/{r.n_layers} (depth {r.peak_depth_from_l1:.2f}; per-prompt peaks "
+                     f"{r.prompt_peak_id_from_l1:.1f} at depth {r.prompt_peak_depth_from_l1:.2f}); over all layers "
+                     f"(ours) {r.peak_id_all_layers:.1f} at layer {r.peak_layer_all_layers}; "
+                     f"cos mid-third {r.cos_mid:.2f}; chi_1 (pairs from (1,2)) {r.chi1_min:.2f}..{r.chi1_max:.2f}; "
+                     f"nn_sim {r.nn_sim:.2f} (angle {r.nn_angle:.0f} deg){loss}; {cor}")
     return "\n".join(lines)

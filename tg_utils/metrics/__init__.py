@@ -25,7 +25,9 @@ rankme(eigs, variant="covariance")                    -> float | (...,)
 alpha_req(eigs)                                       -> AlphaReq(alpha, r2, r2_100)
 power_law_intercept(eigs, alpha)                      -> float | (...,): alpha-ReQ fit's log-intercept
 token_convergence(states_t, states_final)             -> (...,): cosine per matching state
-layer_profile(X, range_max=256, k_max=31)             -> LayerProfile (ID, chi_k, cosine per layer)
+nn_sim(X)                                             -> (..., N): cos(x_i - nn1, x_i - nn2) per token
+nn_angle(cos)                                         -> its angle in degrees
+layer_profile(X, range_max=256, k_max=31)             -> LayerProfile (ID, chi_k, cosine, nn_sim per layer)
 
 Modules
 -------
@@ -35,6 +37,7 @@ selection   partial selections; float32 selection with float64 resolution of a s
 knn         Neighbors, knn and the neighbour table the metrics share
 gride       GrideResult, gride, gride_scales, gride_from_rank_distances
 overlap     neighborhood_overlap, overlap_from_indices
+nnsim       nn_sim (token_geometry's nearest-neighbour difference cosine), nn_angle
 spectra     eigenspectrum, rankme, AlphaReq, alpha_req, power_law_intercept
 profile     LayerProfile, layer_profile
 stats       bootstrap means with intervals, Pearson correlations
@@ -50,6 +53,7 @@ from .cosine import cosine_similarity_mean, token_convergence
 from .gride import (GRIDE_D0, GRIDE_D1, GRIDE_TOL, GrideResult, gride, gride_from_rank_distances,
                     gride_scales)
 from .knn import Neighbors, knn
+from .nnsim import nn_angle, nn_sim
 from .overlap import neighborhood_overlap, overlap_from_indices
 from .profile import LayerProfile, layer_profile
 from .spectra import (ALPHA_FIT_RANKS, ALPHA_R2_FIRST_RANK, AlphaReq, alpha_req, eigenspectrum,
@@ -59,6 +63,6 @@ __all__ = [
     "Neighbors", "GrideResult", "AlphaReq", "LayerProfile",
     "cosine_similarity_mean", "knn", "gride", "gride_scales", "gride_from_rank_distances",
     "neighborhood_overlap", "overlap_from_indices", "eigenspectrum", "rankme", "alpha_req",
-    "power_law_intercept", "token_convergence", "layer_profile",
+    "power_law_intercept", "token_convergence", "layer_profile", "nn_sim", "nn_angle",
     "GRIDE_D0", "GRIDE_D1", "GRIDE_TOL", "ALPHA_FIT_RANKS", "ALPHA_R2_FIRST_RANK",
 ]

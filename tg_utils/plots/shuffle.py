@@ -11,9 +11,13 @@ from .profiles import scale_curves
 from .style import METRIC_LABELS, model_keys, s_colors
 
 
-def plot_shuffle_profiles(long: pd.DataFrame, summary: pd.DataFrame, metric: str, show_prompts: int = 3):
+def plot_shuffle_profiles(long: pd.DataFrame, summary: pd.DataFrame, metric: str, show_prompts: int = 3,
+                          min_layer: int = 0):
     """`metric` against layer coloured by S: one row per model; columns: the first `show_prompts`
-    prompts one by one, then the mean over prompts with its bootstrap 95 % band."""
+    prompts one by one, then the mean over prompts with its bootstrap 95 % band; layers >= min_layer
+    (1: the original's view of ID, chi_1 and nn_sim, which it never computes on the embedding output)."""
+    long = long[long.layer >= min_layer]
+    summary = summary[summary.layer >= min_layer]
     models = model_keys(long)
     colors = s_colors(long.shuffle_index.unique())
     n_cols = show_prompts + 1
@@ -51,16 +55,17 @@ def plot_shuffle_profiles(long: pd.DataFrame, summary: pd.DataFrame, metric: str
     return fig, pd.concat(tidy, ignore_index=True)[cols].rename(columns={"mean": metric})
 
 
-def plot_scale_curves_by_s(long: pd.DataFrame):
+def plot_scale_curves_by_s(long: pd.DataFrame, min_layer: int = 1):
     """ID against the GRIDE scale n1 (mean over prompts) at the layer of each model's structured mean
-    ID peak, one line per S, one panel per model."""
+    ID peak over layers >= min_layer (1, the original's: it computes no ID on the embedding output), one
+    line per S, one panel per model."""
     models = model_keys(long)
     colors = s_colors(long.shuffle_index.unique())
     fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.4), squeeze=False)
     tidy = []
     for ax, (model, rev) in zip(axes[0], models):
         m = long[(long.model == model) & (long.revision == rev)]
-        s0 = m[(m.shuffle_index == 0) & (m.metric == "id")].groupby("layer").value.mean()
+        s0 = m[(m.shuffle_index == 0) & (m.metric == "id") & (m.layer >= min_layer)].groupby("layer").value.mean()
         layer = int(s0.idxmax())
         for s, g in m.groupby("shuffle_index"):
             c = scale_curves(g.assign(revision=rev))
@@ -102,7 +107,7 @@ def plot_peak_comparison(*cmps: pd.DataFrame):
     fig, axes = plt.subplots(len(cmps), 2, figsize=(10, 4.0 * len(cmps)), squeeze=False)
     for row, cmp in zip(axes, cmps):
         ml = int(cmp.min_layer.iloc[0])
-        where = "all layers" if ml == 0 else f"layers >= {ml}"
+        where = "all layers: ours" if ml == 0 else ("layers >= 1: the paper's" if ml == 1 else f"layers >= {ml}")
         for i, ((model, rev), g) in enumerate(cmp.groupby(["model", "revision"], sort=False)):
             lab = f"{table_label(model, rev)} (S={int(g.s_cmp.iloc[0])}: {g.higher.mean():.0%} higher)"
             row[0].scatter(g.peak_ref, g.peak_cmp, color=f"C{i}", s=22, label=lab)

@@ -12,7 +12,9 @@ from ..models.spec import table_label
 METRIC_LABELS = {"cos_full": "mean cosine similarity (diagonal incl.)",
                  "cos_offdiag": "mean cosine similarity (off-diagonal)",
                  "id": "intrinsic dimension (GRIDE, n1=1)", "chi_1": "neighbourhood overlap chi_1 (l, l+1)",
-                 "loss": "next-token loss (nats)"}
+                 "loss": "next-token loss (nats)",
+                 "nn_sim": "nn_sim: cos(x - nn1, x - nn2), mean over tokens",
+                 "nn_angle": "angle(x - nn1, x - nn2), degrees, mean over tokens"}
 
 
 def model_keys(df: pd.DataFrame) -> list[tuple[str, str]]:
