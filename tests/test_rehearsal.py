@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -70,10 +69,8 @@ def test_specs_with_revisions_resolve_offline_from_the_cache(hub):
 def test_paper_preflight_offline_is_fast_and_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    t0 = time.perf_counter()
-    r = preflight.check("paper", out=tmp_path / "out", gpu_memory=80)
+    r = preflight.check("paper", out=tmp_path / "out", gpu_memory=80)      # its time: benchmarks, not here
     text = preflight.render(r, "paper")
-    assert time.perf_counter() - t0 < 30
     for repo in ("meta-llama/Meta-Llama-3-8B", "mistralai/Mistral-7B-v0.1", "EleutherAI/pythia-6.9b",
                  "EleutherAI/pythia-160m", "gpt2"):
         assert any(p.startswith(repo) and "must be downloaded" in p for p in r.problems), repo
@@ -81,11 +78,15 @@ def test_paper_preflight_offline_is_fast_and_names_what_is_missing(tmp_path, mon
     assert any("wikitext-2-raw-v1: missing" in p for p in r.problems)
     assert "not checked: HF_HUB_OFFLINE=1: meta-llama/Meta-Llama-3-8B (gated on the hub)" in text
     assert "Traceback" not in text and text.count("not checked") == 1
+    assert "size unknown" not in text                  # every paper model's size is known without a download
     table = text[text.index("== estimate"):]
     for nb in ("01_train_toy_models", "04_shuffle_experiment", "07_attention_geometry", "total"):
         assert nb in table
     big = {e.notebook: e for e in r.estimates}["02_extract_states"]
     assert big.download_gb > 40 and big.gpu_gb > 16 and big.ram_gb > 20     # Llama-3-8B in bf16, 50 x 1024 states
+    # 04 reads the same three hub models as 02: nothing more to download (Pythia was counted twice when 04
+    # named it by revision step143000, the same weights as main)
+    assert {e.notebook: e for e in r.estimates}["04_shuffle_experiment"].download_gb == 0
 
 
 def test_preflight_sees_the_rehearsal_cache(hub, tmp_path, monkeypatch):

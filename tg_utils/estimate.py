@@ -66,6 +66,7 @@ KNOWN_SIZES = {
     "meta-llama/Llama-2-7b-hf": ModelSize(6.74e9, 32, 4096, 32000),
     "EleutherAI/pythia-6.9b": ModelSize(6.86e9, 32, 4096, 50432),
     "EleutherAI/pythia-1.4b": ModelSize(1.41e9, 24, 2048, 50304, heads=16),
+    "EleutherAI/pythia-1b-deduped": ModelSize(1.01e9, 16, 2048, 50304, heads=8),   # Token Evolution, 06
     "EleutherAI/pythia-160m": ModelSize(1.62e8, 12, 768, 50304, heads=12),
     "openai-community/gpt2": ModelSize(1.24e8, 12, 768, 50257, 4, 12),
     "gpt2": ModelSize(1.24e8, 12, 768, 50257, 4, 12),          # the same model under its short hub id
