@@ -25,6 +25,8 @@ from tg_utils.models import ModelSpec, describe
 from tg_utils.plots import attention as PA
 from tg_utils.weights import umap as WU
 
+from fakes import fake_umap
+
 
 # ----------------------------------------------------------------------------- tiny models
 
@@ -326,20 +328,6 @@ def _train(out_dir, name, tokenizer):
     train_run(out_dir / "checkpoints" / name, cfg, tc, ids, ids[:200], tokenizer=tokenizer, progress=False)
 
 
-def _fake_umap(calls):
-    def fake(W_E, states, n_neighbors=15, seed=0, n_fit=10000, n_epochs=None, norm=None, extra=None, **kw):
-        calls.append(dict(W_E=W_E, states=states, norm=norm, n_fit=n_fit, n_neighbors=n_neighbors, extra=extra,
-                          **kw))
-        S = torch.as_tensor(states, dtype=torch.float64)
-        L, T, d = S.shape
-        normed = W.as_norm(norm)(S.reshape(-1, d)).reshape(L, T, d)
-        return W.UmapTrajectory(coords=normed[..., :3].numpy(), norms=torch.linalg.vector_norm(S, dim=-1).numpy(),
-                                normed_norms=torch.linalg.vector_norm(normed, dim=-1).numpy(),
-                                embedding_coords=W_E[:n_fit, :3].double().numpy(), fit_ids=np.arange(n_fit),
-                                reducer=None, extra_coords=None if extra is None else extra[:, :3].double().numpy())
-    return fake
-
-
 @pytest.fixture(scope="module")
 def toy_out(tmp_path_factory, toy_tokenizer):
     """An output folder with two toy runs trained for two steps, and the notebook's parameters on it."""
@@ -369,7 +357,7 @@ def test_end_to_end_on_toy_checkpoints(toy_out, toy_tokenizer, monkeypatch):
     tmp_path, P = toy_out
     _clear_report_cache(tmp_path)
     calls = []
-    monkeypatch.setattr(WU, "umap_trajectory", _fake_umap(calls))
+    monkeypatch.setattr(WU, "umap_trajectory", fake_umap(calls))
     reports, T = X.run(P, progress=False, verbose=False)
     assert list(reports) == ["standard-preln (toy)", "llama-preln (toy)"]
     assert set(T) == {*X.TABLES, "trajectory_coords", "trajectory_norms", "logit_lens"}
@@ -454,7 +442,7 @@ def test_report_cache_verified_folders(toy_out, monkeypatch, capsys):
     a .pkl file in the cache folder (an old pickle cache) is never read; other parameters give another key."""
     tmp_path, P = toy_out
     _clear_report_cache(tmp_path)
-    monkeypatch.setattr(WU, "umap_trajectory", _fake_umap([]))
+    monkeypatch.setattr(WU, "umap_trajectory", fake_umap([]))
     cache = tmp_path / "cache" / "attention"
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "toy_llama-preln@2-0123456789abcdef.pkl").write_bytes(b"not a pickle")     # old format

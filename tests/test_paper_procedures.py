@@ -23,6 +23,8 @@ from tg_utils.models import describe, load_model
 from tg_utils.params import params_class
 from tg_utils.weights import umap as WU
 
+from fakes import fake_umap
+
 D, LAYERS, HEADS, K = 32, 3, 4, 5
 NOUNS = ["The", "a", "in", "fox", "is", "over", "dog", "quick", "zebra"]   # 5 are one token bare
 
@@ -455,23 +457,13 @@ def test_umap_paper_choices(monkeypatch):
     assert tr.coords.shape == (2, 3, 3) and tr.extra_coords.shape == (4, 3)
 
 
-def _fake_umap(W_E, states, n_neighbors=15, seed=0, n_fit=10000, n_epochs=None, norm=None, extra=None, **kw):
-    S = torch.as_tensor(states, dtype=torch.float64)
-    L, T, d = S.shape
-    normed = W.as_norm(norm)(S.reshape(-1, d)).reshape(L, T, d)
-    return W.UmapTrajectory(coords=normed[..., :3].numpy(), norms=torch.linalg.vector_norm(S, dim=-1).numpy(),
-                            normed_norms=torch.linalg.vector_norm(normed, dim=-1).numpy(),
-                            embedding_coords=W_E[:n_fit, :3].double().numpy(), fit_ids=np.arange(n_fit),
-                            reducer=None, extra_coords=None if extra is None else extra[:, :3].double().numpy())
-
-
 def test_gpt2_end_to_end_with_the_paper_defaults(gpt2, word_tokenizer, tmp_path, monkeypatch):
     """analyse_model on GPT-2 with the paper profile's choices (blocks given by index): every paper table
     exists, the trajectory holds the raw input points, and the figures draw."""
     import matplotlib
     matplotlib.use("Agg")
     from tg_utils.plots import attention as PA
-    monkeypatch.setattr(WU, "umap_trajectory", _fake_umap)
+    monkeypatch.setattr(WU, "umap_trajectory", fake_umap())
     nouns_file = tmp_path / "nouns.txt"
     nouns_file.write_text("\n".join(NOUNS) + "\n")
     P = params_class("07_attention_geometry").from_dict(dict(
