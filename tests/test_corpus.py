@@ -3,8 +3,8 @@ import random
 import pandas as pd
 import pytest
 
-from tg_utils.data.corpus import (Article, CorpusError, build_prompts, clean_wiki_text, load_corpus,
-                             shuffle_blocks, split_by_hash)
+from tg_utils.data.corpus import Article, CorpusError, clean_wiki_text, load_corpus, split_by_hash
+from tg_utils.data.prompts import build_prompts, shuffle_blocks
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The shuffle experiment and model comparison (tg_utils.data.prompts, tg_utils.experiments.nb04/nb05,
-tg_utils.plots.shuffle): the shuffled prompt sets built on corpus.shuffle_blocks (tested itself in test_corpus.py), N per context, the per-prompt peak
+tg_utils.plots.shuffle): the shuffled prompt sets built on prompts.shuffle_blocks (tested itself in test_corpus.py), N per context, the per-prompt peak
 comparison, the ID-loss correlation, the summary table, and the long-table schema of every output.
 No network: tiny randomly initialised models and constructed tables."""
 from __future__ import annotations

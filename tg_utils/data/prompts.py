@@ -1,5 +1,6 @@
 """Prompt sets of fixed length for one model (its own tokenizer), and their block shuffles (the
-shuffle index S of token_geometry): pure data logic, no metrics and no tables.
+shuffle index S of token_geometry): pure data logic, no metrics and no tables. `build_prompts`: the first
+N tokens of whole articles (no BOS unless asked), shorter articles skipped and counted.
 
     ps = model_prompts(lm, corpus, "test", n_tokens=256, n_prompts=10, bos=False)
     sp = build_shuffle_prompts(lm, corpus, "test", 1024, 3, bos=True, shuffle_indices=range(6), seed=0)
@@ -8,12 +9,93 @@ shuffle index S of token_geometry): pure data logic, no metrics and no tables.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from .corpus import CorpusError, build_prompts, shuffle_blocks
+from .corpus import Article, CorpusError
+
+
+@dataclass
+class PromptSet:
+    """Prompts of exactly `n_tokens` tokens each (plus a BOS in front when `bos` is set)."""
+    ids: list[list[int]]
+    sources: list[str]
+    n_tokens: int
+    bos: bool = False
+    skipped: int = 0
+    skipped_titles: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def as_array(self) -> np.ndarray:
+        return np.asarray(self.ids, dtype=np.int64)
+
+    def hash(self) -> str:
+        """A short hash of the token ids: the key of cached states."""
+        return hashlib.sha1(self.as_array().tobytes()).hexdigest()[:16]
+
+
+def build_prompts(articles: Sequence[Article], tokenizer, n_tokens: int, n_prompts: int | None = None,
+                  add_bos: bool = False, per_article: int = 1) -> PromptSet:
+    """The first `n_tokens` tokens of each article (up to `per_article` consecutive, non-overlapping
+    windows of one article), in corpus order, skipping and counting articles that are too short.
+    With add_bos the tokenizer's BOS is put in front (so a prompt has n_tokens + 1 ids)."""
+    if n_tokens < 1 or per_article < 1 or (n_prompts is not None and n_prompts < 1):
+        raise CorpusError(f"n_tokens, n_prompts and per_article must be positive "
+                          f"(got {n_tokens}, {n_prompts}, {per_article})")
+    bos = []
+    if add_bos:
+        if tokenizer.bos_token_id is None:
+            raise CorpusError("add_bos is set but the tokenizer has no BOS token; use add_bos=False")
+        bos = [tokenizer.bos_token_id]
+    ids, sources, skipped, longest = [], [], [], 0
+    need = n_tokens * per_article
+    for art in articles:
+        # tokenise a prefix long enough for the windows (BPE effects at the cut are local: keep a margin)
+        n_chars = need * 12 + 200
+        toks = tokenizer(art.text[:n_chars], add_special_tokens=False)["input_ids"]
+        if len(toks) < need + 16 and len(art.text) > n_chars:
+            toks = tokenizer(art.text, add_special_tokens=False)["input_ids"]
+        if len(art.text) > n_chars:
+            toks = toks[:len(toks) - 16]  # drop tokens that the cut could have changed
+        longest = max(longest, len(toks))
+        windows = min(per_article, len(toks) // n_tokens)
+        if windows == 0:
+            skipped.append(art.title)
+            continue
+        for w in range(windows):
+            ids.append(bos + list(toks[w * n_tokens:(w + 1) * n_tokens]))
+            sources.append(art.title if per_article == 1 else f"{art.title}#{w}")
+        if n_prompts is not None and len(ids) >= n_prompts:
+            ids, sources = ids[:n_prompts], sources[:n_prompts]
+            break
+    if not ids:
+        raise CorpusError(f"n_tokens={n_tokens} is longer than every article (the longest has "
+                          f"{longest} tokens); use a smaller n_tokens or a larger corpus")
+    if n_prompts is not None and len(ids) < n_prompts:
+        raise CorpusError(f"asked for {n_prompts} prompts of {n_tokens} tokens but only {len(ids)} "
+                          f"articles are long enough ({len(skipped)} shorter ones skipped); lower "
+                          f"n_prompts to {len(ids)}, lower n_tokens, or raise per_article")
+    return PromptSet(ids, sources, n_tokens, bool(bos), len(skipped), skipped)
+
+
+def shuffle_blocks(ids: Sequence[int], shuffle_index: int, seed: int, keep_first: int = 0) -> list[int]:
+    """The shuffle index S of token_geometry: split the tokens (after the first `keep_first`, e.g. a
+    BOS) into K = 4**S equal blocks and permute the blocks with a seeded generator. S = 0 is the
+    identity; S = log4(N) permutes every token. N must be divisible by K."""
+    head, body = list(ids[:keep_first]), np.asarray(ids[keep_first:])
+    k = 4 ** shuffle_index
+    if shuffle_index < 0 or len(body) % k:
+        raise CorpusError(f"shuffle index S={shuffle_index} needs a prompt length divisible by 4**S={k}, "
+                          f"got {len(body)} tokens; choose n_tokens a multiple of {k} (e.g. 1024)")
+    if k == 1:
+        return head + body.tolist()
+    order = np.random.default_rng(seed).permutation(k)
+    return head + body.reshape(k, -1)[order].reshape(-1).tolist()
 
 
 def model_prompts(lm, corpus, split: str, n_tokens: int, n_prompts: int, bos: bool = False,
