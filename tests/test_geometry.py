@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from tg_utils.geometry import GEOMETRY_VERSION, TABLE_COLUMNS, geometry_table
+from tg_utils.tables import LONG_COLUMNS
 from tg_utils.tables import check_long
 
 from test_models import as_loaded, tiny_hf
@@ -37,6 +38,7 @@ def test_read_back_equals_computed(tmp_path, tiny_lm, capsys):
     computed = table(tmp_path, tiny_lm)
     check_long(computed)
     assert list(computed.columns) == TABLE_COLUMNS and (computed.revision == "").all()
+    assert TABLE_COLUMNS == LONG_COLUMNS         # geometry (layer 3) may not import tables (layer 5): kept equal here
     assert computed.value.dtype == np.float64 and computed.value.isna().sum() == 0
     back = table(tmp_path, tiny_lm)
     pd.testing.assert_frame_equal(back, computed, check_exact=True)
