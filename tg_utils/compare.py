@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .tables import SIGNIFICANT_DIGITS
+from .toy.model import PRESETS
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ TOY = {
                  "perturbation_vs_step", "perturbation_final")},
 }
 TOY_NOTEBOOKS = ("01_", "06_")        # every row of these notebooks' tables is a toy model
-TOY_NAME = re.compile(r"^(?:toy:|(?:llama|standard)-(?:pre|post)ln)")   # toy:<run>, or a run name as a label
+# toy:<run>, or a run name as a label (a preset, also as <preset>-nowarmup / <preset>-seed<k>)
+TOY_NAME = re.compile("^(?:toy:|" + "|".join(re.escape(name) for name in PRESETS) + ")")
 # Columns that are results although not floats (which token, which layer, which step: compared exactly
 # in pretrained rows, not at all in toy rows, where such an argmax moves with the drift), and float columns
 # that identify a row; by default the key is every non-float column, the values every float column.
