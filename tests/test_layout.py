@@ -17,7 +17,7 @@ LAYERS = [
     ("store", "models", "toy.model", "toy.tokenizer", "toy.checkpoints", "data"),
     ("extract", "cache", "toy.train", "toy.runs", "geometry"),
     ("plots",),
-    ("experiments", "params", "figures", "tables", "runner", "compare", "preflight", "estimate", "hubcache",
+    ("experiments", "params", "figures", "findings", "tables", "runner", "compare", "preflight", "estimate", "hubcache",
      "rehearsal"),
 ]
 # Imported inside functions on purpose (heavy, optional or only needed on one path); each such import
