@@ -6,7 +6,8 @@ unigram baseline.
     .venv/bin/python benchmarks/lr_sweep.py                                   # the sweep behind the defaults
     .venv/bin/python benchmarks/lr_sweep.py --runs standard-postln --lrs 5e-4 7e-4 --threads 1
 
-Runs go to <out>/lr_sweep/<run>-lr<lr>/, the table to <out>/lr_sweep/lr_sweep.csv (resumable; a finished pair is read back, not retrained).
+Runs go to <out>/lr_sweep/<run>-lr<lr>/ (resumable; a finished pair is read back, not retrained), the table
+to <out>/lr_sweep/lr_sweep.csv (run, lr, val_ppl, unigram_val_ppl, ratio, wall_s).
 Each pair takes about 1.5 min with two threads on an idle 2-core CPU.
 """
 from __future__ import annotations

@@ -129,7 +129,7 @@ def warmup_verdict(summary: pd.DataFrame, P) -> WarmupVerdict | None:
     return WarmupVerdict(float(w.iloc[0]), float(w.iloc[1]))
 
 
-XIONG = "Xiong et al. 2020 (On Layer Normalization in the Transformer Architecture)"
+XIONG = "Xiong et al. 2020, On Layer Normalization in the Transformer Architecture"
 
 
 def findings(summary: pd.DataFrame, P) -> list[Finding | str]:
@@ -152,7 +152,7 @@ def findings(summary: pd.DataFrame, P) -> list[Finding | str]:
     multi = spread[spread.n_seeds > 1]
     rel = float(((multi.val_ppl_max - multi.val_ppl_min) / multi.val_ppl_mean).max()) if len(multi) else None
     if rel is not None:
-        out.append(Finding("Seed spread", f"the largest (max - min) / mean of the validation perplexity over "
+        out.append(Finding("Seed spread", f"The largest (max - min) / mean of the validation perplexity over "
                            f"seeds is {100 * rel:.1f} %; a single-seed difference smaller than that is not stated."))
     v = warmup_verdict(summary, P)
     if v is not None:

@@ -106,6 +106,7 @@ def difference_pairs(P) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 
 FIRST_BLOCK = 1          # the ID peak over the blocks' outputs (layers >= 1), as token_geometry src/summarize.py:11
 CHI_PAPER = 0.85         # "chi_1 climbs to about 0.9 in late layers": a maximum at or above this counts as agreeing
+EARLY_MIDDLE = 0.5       # "a peak in the early-middle layers": an inner peak at relative depth <= this agrees
 GEOMETRY_OF_TOKENS = "The Geometry of Tokens (Viswanathan et al.)"
 
 
@@ -132,7 +133,7 @@ def _peak_verdict(facts: pd.DataFrame) -> str:
     inner = facts.id_peak_layer < facts.n_layers
     if not inner.any():
         return "disagrees"
-    return "agrees" if inner.all() and (facts.id_peak_depth <= 0.5).all() else "partly"
+    return "agrees" if inner.all() and (facts.id_peak_depth <= EARLY_MIDDLE).all() else "partly"
 
 
 def findings(summary: pd.DataFrame) -> list[Finding]:
@@ -149,7 +150,7 @@ def findings(summary: pd.DataFrame) -> list[Finding]:
         paper=f"{GEOMETRY_OF_TOKENS}: the ID rises to a peak in the early-middle layers, then falls.",
         verdict=_peak_verdict(tr)),
         Finding("The embedding output (layer 0)",
-                f"its ID is above the peak of the blocks' outputs in {int((f.id_layer0 > f.id_peak).sum())} of "
+                f"Its ID is above the peak of the blocks' outputs in {int((f.id_layer0 > f.id_peak).sum())} of "
                 f"{len(f)} models (" + "; ".join(f"{r.label} {r.id_layer0:.1f}" for r in f.itertuples()) + ").",
                 paper="not measured: the paper's code computes no ID on the embedding output.",
                 verdict="our addition"),
@@ -159,7 +160,7 @@ def findings(summary: pd.DataFrame) -> list[Finding]:
                 paper=f"{GEOMETRY_OF_TOKENS}: chi_1 climbs to about 0.9 in late layers.",
                 verdict=_share_verdict(tr.chi1_max >= CHI_PAPER)),
         Finding("Cosine similarity through depth",
-                "mean cosine first -> middle -> last layer: " + "; ".join(
+                "Mean cosine at the first -> middle -> last layer: " + "; ".join(
                     f"{r.label} {r.cos_first:.2f} -> {r.cos_mid:.2f} -> {r.cos_last:.2f}" for r in tr.itertuples())
                 + ".")]
     if len(rnd):

@@ -7,13 +7,11 @@ import pandas as pd
 from ..findings import Finding
 from ..models.spec import table_label
 from ..plots.style import model_keys
+from .nb03_geometry_metrics import CHI_PAPER, GEOMETRY_OF_TOKENS as PAPER
 from .nb04_shuffle_experiment import (MIN_LAYERS, PAPER_MIN_LAYER, band_mean, id_loss_correlation, loss_by_s,
                                       peak_comparisons, peak_fractions)
 
-PAPER = "The Geometry of Tokens (Viswanathan et al.)"
 MIN_CORR_PROMPTS = 10    # fewer prompts than this: a correlation across prompts is not tested (n - 2 degrees of freedom)
-CHI_PAPER = 0.85         # "chi_1 climbs to about 0.9": a maximum at or above this counts as agreeing
-
 
 def _corr_facts(c: pd.DataFrame, model: str, rev: str, prefix: str) -> dict:
     g = c[(c.model == model) & (c.revision == rev) & c.r.notna() & (c.layer >= PAPER_MIN_LAYER)]
@@ -22,7 +20,6 @@ def _corr_facts(c: pd.DataFrame, model: str, rev: str, prefix: str) -> dict:
     return {f"{prefix}_n": int(g.n.iloc[0]), f"{prefix}_layers": len(g), f"{prefix}_pos": int((g.r > 0).sum()),
             f"{prefix}_pos_sig": int(((g.r > 0) & (g.p < 0.05)).sum()),
             f"{prefix}_neg_sig": int(((g.r < 0) & (g.p < 0.05)).sum()), f"{prefix}_r_median": float(g.r.median())}
-
 
 def detail_table(long: pd.DataFrame, infos: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per model: layers, prompts and tokens (from infos, when given), shuffle indices, the ID peak
@@ -48,7 +45,7 @@ def detail_table(long: pd.DataFrame, infos: pd.DataFrame | None = None) -> pd.Da
         row = {"model": model, "revision": rev, "label": table_label(model, rev),
                "n_layers": int(m[m.metric == "id"].layer.max()), "n_prompts": int(m.prompt_id.nunique()),
                "s_max": ss[-1], "n_higher": int(round(f.frac_higher * f.n_prompts)), "peak_s0": f.peak_ref,
-               "peak_smax": f.peak_cmp, "ratio": f.ratio, "profile_peaks": " ".join(f"{v:.1f}" for v in mp),
+               "peak_smax": f.peak_cmp, "ratio": f.ratio, "profile_peaks": ", ".join(f"{v:.1f}" for v in mp),
                "profile_peak_rises": all(b > a for a, b in zip(mp, mp[1:])),
                "layer_s0": f.layer_ref, "layer_smax": f.layer_cmp, "mean_shift": f.mean_shift,
                "n_earlier": int(round(f.frac_earlier * f.n_prompts)), "n_later": int(round(f.frac_later * f.n_prompts)),
@@ -72,21 +69,17 @@ def detail_table(long: pd.DataFrame, infos: pd.DataFrame | None = None) -> pd.Da
         rows.append(row)
     return pd.DataFrame(rows)
 
-
 def verdict_of(ok: pd.Series, some: pd.Series | None = None) -> str:
     """agrees when every model satisfies `ok`, partly when some satisfy `some` (default: `ok`), else disagrees."""
     some = ok if some is None else some
     return "agrees" if ok.all() else ("partly" if some.any() else "disagrees")
 
-
 def each(d: pd.DataFrame, fmt) -> str:
     return "; ".join(f"{r.label}: {fmt(r)}" for r in d.itertuples())
-
 
 def findings(long: pd.DataFrame, infos: pd.DataFrame | None = None) -> list[Finding | str]:
     """Notebook 04's findings (see findings_of) from its long table and prompt sets."""
     return findings_of(detail_table(long, infos))
-
 
 def findings_of(d: pd.DataFrame) -> list[Finding | str]:
     """One paragraph per claim of the paper (its procedures: layers >= 1, chi_1 pairs from (1, 2), the
@@ -136,7 +129,6 @@ def findings_of(d: pd.DataFrame) -> list[Finding | str]:
     out.append(Finding("Mean cosine over the middle third", each(
         d, lambda r: f"{r.cos_mid_s0:.2f} at S = 0, {r.cos_mid_smax:.2f} at S = {r.s_max}") + "."))
     return out
-
 
 def _correlation_findings(d: pd.DataFrame) -> list[Finding]:
     if d.empty:

@@ -33,7 +33,6 @@ from ..data.corpus import load_corpus
 from ..data.prompts import ShufflePrompts, build_shuffle_prompts
 from ..geometry import geometry_table, profile_summary
 from ..models import ModelSpec
-from ..plots.style import model_keys
 from ..metrics.stats import pearson
 from ..tables import LONG_COLUMNS
 from .nb02_extract_states import free_memory, load
@@ -47,13 +46,6 @@ MIN_LAYERS = (PAPER_MIN_LAYER, 0)   # ID peaks: the original's (layers >= 1), th
 # the original's first layer per metric in the profile figures (its shuffle_experiment.ipynb plots ID, chi_k
 # and the nn_sim angle from layer 1 on, the cosine from layer 0)
 PAPER_FIRST_LAYER = {"id": 1, "chi_1": 1, "nn_sim": 1, "nn_angle": 1, "cos_full": 0}
-
-
-def peak_scope(min_layer: int) -> str:
-    """How a peak over layers >= min_layer is labelled in text, figures and captions."""
-    if min_layer == PAPER_MIN_LAYER:
-        return f"layers >= {min_layer}, the paper's procedure"
-    return "all layers, embedding output included (our addition)" if min_layer == 0 else f"layers >= {min_layer}"
 
 
 def paper_view(summary: pd.DataFrame) -> pd.DataFrame:

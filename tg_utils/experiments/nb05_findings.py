@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ..findings import Finding
-from .nb04_findings import CHI_PAPER, MIN_CORR_PROMPTS, PAPER, each, verdict_of
+from .nb03_geometry_metrics import CHI_PAPER, EARLY_MIDDLE, GEOMETRY_OF_TOKENS as PAPER
+from .nb04_findings import MIN_CORR_PROMPTS, each, verdict_of
 from .nb04_shuffle_experiment import PAPER_MIN_LAYER
 
 
@@ -43,7 +44,7 @@ def findings(table: pd.DataFrame, corr: pd.DataFrame) -> list[Finding | str]:
             each(pre, lambda r: f"{r.peak_id_from_l1:.1f} at layer {r.peak_layer_from_l1}/{r.n_layers} (depth "
                                  f"{r.peak_depth_from_l1:.2f})") + f". An inner peak in {int(inner.sum())} of {len(pre)}.",
             paper=f"{PAPER}: the ID rises to a peak in the early-middle layers, then falls.",
-            verdict=verdict_of(inner & (pre.peak_depth_from_l1 <= 0.5), inner)))
+            verdict=verdict_of(inner & (pre.peak_depth_from_l1 <= EARLY_MIDDLE), inner)))
     toys = pd.concat([toy, rnd])
     if len(toys):
         out.append(Finding(
@@ -55,7 +56,7 @@ def findings(table: pd.DataFrame, corr: pd.DataFrame) -> list[Finding | str]:
     at0 = table.peak_layer_all_layers == 0
     out.append(Finding(
         "The ID over all layers, embedding output included",
-        f"the embedding output holds the highest ID in {int(at0.sum())} of {len(table)} models ("
+        f"The embedding output holds the highest ID in {int(at0.sum())} of {len(table)} models ("
         + each(table, lambda r: f"{r.peak_id_all_layers:.1f} at layer {r.peak_layer_all_layers}") + ").",
         paper="not measured: the paper's code computes no ID on the embedding output.", verdict="our addition"))
     trained = pd.concat([pre, toy])
