@@ -110,6 +110,11 @@ EARLY_MIDDLE = 0.5       # "a peak in the early-middle layers": an inner peak at
 GEOMETRY_OF_TOKENS = "The Geometry of Tokens (Viswanathan et al.)"
 
 
+def span(lo: float, hi: float) -> str:
+    """A range as text: 'lo to hi', or one value when both are equal at two decimals."""
+    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f} to {hi:.2f}"
+
+
 def profile_facts(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per model (means over prompts): layers, cosine at the first / middle / last layer, the ID
     peak over layers >= 1 (value, layer, relative depth), the ID of the embedding output (layer 0), the
@@ -155,7 +160,7 @@ def findings(summary: pd.DataFrame) -> list[Finding]:
                 paper="not measured: the paper's code computes no ID on the embedding output.",
                 verdict="our addition"),
         Finding("Neighbourhood overlap chi_1 (pairs (1, 2) .. (L-1, L))",
-                "; ".join(f"{r.label} {r.chi1_min:.2f} to {r.chi1_max:.2f}" for r in tr.itertuples())
+                "; ".join(f"{r.label} {span(r.chi1_min, r.chi1_max)}" for r in tr.itertuples())
                 + f"; {int((tr.chi1_max >= CHI_PAPER).sum())} of {len(tr)} trained models reach {CHI_PAPER:.2f}.",
                 paper=f"{GEOMETRY_OF_TOKENS}: chi_1 climbs to about 0.9 in late layers.",
                 verdict=_share_verdict(tr.chi1_max >= CHI_PAPER)),

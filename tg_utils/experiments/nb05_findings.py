@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..findings import Finding
-from .nb03_geometry_metrics import CHI_PAPER, EARLY_MIDDLE, GEOMETRY_OF_TOKENS as PAPER
+from .nb03_geometry_metrics import CHI_PAPER, EARLY_MIDDLE, GEOMETRY_OF_TOKENS as PAPER, span
 from .nb04_findings import MIN_CORR_PROMPTS, each, verdict_of
 from .nb04_shuffle_experiment import PAPER_MIN_LAYER
 
@@ -62,7 +62,7 @@ def findings(table: pd.DataFrame, corr: pd.DataFrame) -> list[Finding | str]:
     trained = pd.concat([pre, toy])
     out.append(Finding(
         "chi_1 climbs to about 0.9 in late layers (pairs (1, 2) .. (L-1, L))",
-        each(trained, lambda r: f"{r.chi1_min:.2f} to {r.chi1_max:.2f}") + "." +
+        each(trained, lambda r: span(r.chi1_min, r.chi1_max)) + "." +
         (" At random initialisation: " + each(rnd, lambda r: f"up to {r.chi1_max:.2f}") +
          " (a high chi_1 is not by itself a sign of training)." if len(rnd) else ""),
         paper=f"{PAPER}: chi_1 climbs to about 0.9 in the late layers.",
@@ -95,7 +95,7 @@ def _correlation(cf: pd.DataFrame, table: pd.DataFrame) -> list[Finding | str]:
     if no_loss:
         ours += f" No next-token loss (encoders): {', '.join(no_loss)}."
     if len(test) < len(tr):
-        ours += f" Fewer than {MIN_CORR_PROMPTS} prompts: not tested."
+        ours += f" A model with fewer than {MIN_CORR_PROMPTS} prompts is not tested."
     return [Finding("ID and loss correlate positively at every layer (trained decoders, structured prompts)", ours,
                     paper=f"{PAPER}: the ID correlates positively with the loss across prompts, at every layer.",
                     verdict=verdict)]
