@@ -6,7 +6,8 @@ unigram baseline.
     .venv/bin/python benchmarks/lr_sweep.py                                   # the sweep behind the defaults
     .venv/bin/python benchmarks/lr_sweep.py --runs standard-postln --lrs 5e-4 7e-4 --threads 1
 
-Runs go to <out>/lr_sweep/<run>-lr<lr>/ (resumable; a finished pair is read back, not retrained).
+Runs go to <out>/lr_sweep/<run>-lr<lr>/ (resumable; a finished pair is read back, not retrained), the table
+to <out>/lr_sweep/lr_sweep.csv (run, lr, val_ppl, unigram_val_ppl, ratio, wall_s).
 Each pair takes about 1.5 min with two threads on an idle 2-core CPU.
 """
 from __future__ import annotations
@@ -48,7 +49,11 @@ def main() -> None:
                          "ratio": round(s["val_ppl"] / s["unigram_val_ppl"], 3),
                          "wall_s": round(time.perf_counter() - t0, 1)})
             print(rows[-1], flush=True)
-    print(pd.DataFrame(rows).pivot(index="run", columns="lr", values="val_ppl").to_string())
+    table = pd.DataFrame(rows)
+    path = OutputDirs.at(args.out).root / "lr_sweep" / "lr_sweep.csv"
+    table.to_csv(path, index=False)            # the record notebook 01's "Learning rates" points at
+    print(table.pivot(index="run", columns="lr", values="val_ppl").to_string())
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":

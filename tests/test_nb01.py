@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from tg_utils.experiments import nb01_train_toy_models as nb01
+from tg_utils.findings import Finding
 from tg_utils.params.notebooks import TrainToyParams
 
 
@@ -43,6 +44,10 @@ def test_warmup_verdict_and_findings():
     assert v == nb01.WarmupVerdict(1000.0, 1100.0) and v.needs_warmup
     assert not nb01.warmup_verdict(summary(1000.0, 1040.0), P).needs_warmup
     assert nb01.warmup_verdict(summary(1000.0, 1100.0), TrainToyParams(no_warmup_run=False)) is None
-    text = nb01.findings(summary(1000.0, 1100.0), P)
-    assert text.splitlines()[0] == "Best test perplexity: llama-preln at 801.0 (seed 0; unigram baseline 410.0)."
-    assert "without: 1100.0 (seed 0) -> here post-norm training needs warmup." in text
+    fs = nb01.findings(summary(1000.0, 1100.0), P)
+    assert fs[0].ours.startswith("llama-preln at 801.0 (seed 0) against a unigram baseline of 410.0")
+    warm = next(f for f in fs if isinstance(f, Finding) and "warmup" in f.title)
+    assert "1000.0 with warmup and 1100.0 without (seed 0): here post-norm training needs warmup." in warm.ours
+    assert warm.verdict == "agrees"
+    warm = next(f for f in nb01.findings(summary(1000.0, 1040.0), P) if isinstance(f, Finding) and "warmup" in f.title)
+    assert "1040.0 without" in warm.ours and warm.verdict == "disagrees"

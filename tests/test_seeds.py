@@ -113,10 +113,10 @@ def test_a_difference_is_stated_only_beyond_the_seed_spread():
     overlap = nb01.differences(nb01.seed_spread(summary({"a": [600.0, 630.0], "b": [620.0, 640.0]})))
     assert overlap[0].startswith("a vs b: no difference stated, the seed spread covers it")
     P = TrainToyParams(presets=["llama-preln", "standard-preln"], no_warmup_run=False)
-    text = nb01.findings(summary({"llama-preln": [600.0, 630.0, 615.0], "standard-preln": [620.0, 640.0, 625.0]}), P)
-    assert text.splitlines()[0] == "Best test perplexity: llama-preln at 625.0 (mean of 3 seeds; unigram baseline 1310.0)."
-    assert "llama-preln vs standard-preln: no difference stated" in text
-    assert "(max - min) / mean of val ppl: 4.9 %" in text            # llama-preln: 30 / 615 (standard: 20 / 628)
+    fs = nb01.findings(summary({"llama-preln": [600.0, 630.0, 615.0], "standard-preln": [620.0, 640.0, 625.0]}), P)
+    assert fs[0].ours.startswith("llama-preln at 625.0 (mean of 3 seeds) against a unigram baseline of 1310.0")
+    assert fs[1].ours.startswith("llama-preln vs standard-preln: no difference stated")
+    assert "mean of the validation perplexity over seeds is 4.9 %" in fs[2].ours   # llama-preln: 30 / 615
 
 
 def test_loss_curves_are_the_mean_over_seeds_with_their_range():

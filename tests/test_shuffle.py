@@ -16,6 +16,8 @@ from tg_utils.data import prompts
 from tg_utils.experiments import nb02_extract_states as nb02
 from tg_utils.experiments import nb04_shuffle_experiment as nb04
 from tg_utils.experiments import nb05_model_comparison as nb05
+from tg_utils.experiments import nb04_findings
+from tg_utils.findings import to_markdown
 from tg_utils.geometry import geometry_table, profile_summary
 from tg_utils.plots import profiles, shuffle as shuffle_plots
 from tg_utils.params import ParameterError
@@ -305,9 +307,9 @@ def test_figures_and_findings_run_on_a_constructed_table():
                lambda: profiles.plot_correlation(nb04.id_loss_correlation(long))):
         fig, tidy = fn()
         assert len(tidy)
-    text = nb04.describe_shuffle(long)
-    assert "peak higher for" in text and "mean loss per S" in text and "ID-loss Pearson r" in text
-    assert "the paper's procedure" in text and "(our addition)" in text and "nn_sim angle" in text
+    text = to_markdown(nb04_findings.findings(long))
+    assert "prompts at S = 2 (mean peak" in text and "Loss rises with S" in text and "r > 0 at" in text
+    assert "(layers >= 1)" in text and "**our addition**" in text and "nn_sim angle" in text
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -14,6 +14,7 @@ from scipy.spatial import distance
 from tg_utils import metrics as M
 from tg_utils.experiments import nb04_shuffle_experiment as nb04
 from tg_utils.experiments import nb05_model_comparison as nb05
+from tg_utils.experiments import nb04_findings, nb05_findings
 from tg_utils.geometry import profile_rows, profile_summary
 from tg_utils.params.base import load_profile
 from tg_utils.tables import LONG_COLUMNS
@@ -192,7 +193,8 @@ def test_id_loss_findings_count_the_original_layers_only():
     corr = nb04.id_loss_correlation(long)
     assert corr.set_index("layer").r.loc[0] == pytest.approx(1.0)
     summ = profile_summary(long, nb04.PROFILE_METRICS, n_boot=20)
-    text = nb05.describe_comparison(nb05.comparison_summary(long, summ), corr)
-    assert "r>0 at 0/4 layers" in text
+    facts = nb05_findings.correlation_facts(nb05.comparison_summary(long, summ), corr)
+    assert (facts.pos.tolist(), facts.layers.tolist()) == ([0], [4])
     both = pd.concat([long, long.assign(shuffle_index=1)], ignore_index=True)
-    assert nb04.describe_shuffle(both).count("positive at 0/4 layers") == 2      # S = 0 and pooled
+    d = nb04_findings.detail_table(both)
+    assert (d.corr_pos.iloc[0], d.corr_layers.iloc[0], d.pooled_pos.iloc[0], d.pooled_layers.iloc[0]) == (0, 4, 0, 4)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..findings import Finding
 from ..toy.checkpoints import read_summary, run_dir
 from ..toy.runs import NO_WARMUP, ToyData, prepare_data, run_jobs, train_all
 
-__all__ = ["NB", "SMOOTH", "WARMUP_MARGIN", "ToyData", "WarmupVerdict", "differences", "findings",
+__all__ = ["NB", "SMOOTH", "WARMUP_MARGIN", "XIONG", "ToyData", "WarmupVerdict", "differences", "findings",
            "loss_curves_data", "lr_schedule_data", "prepare_data", "seed_spread", "summary_table", "train_all",
            "warmup_verdict"]
 
@@ -128,37 +129,45 @@ def warmup_verdict(summary: pd.DataFrame, P) -> WarmupVerdict | None:
     return WarmupVerdict(float(w.iloc[0]), float(w.iloc[1]))
 
 
-def findings(summary: pd.DataFrame, P) -> str:
-    """The findings as measured: the best run by mean test perplexity over its seeds, every run's
-    perplexities (mean and min-max over seeds), the differences between multi-seed runs that exceed the
-    seed spread, and whether post-norm training needs warmup here (first seed; its margin beside the
-    largest relative seed spread)."""
+XIONG = "Xiong et al. 2020, On Layer Normalization in the Transformer Architecture"
+
+
+def findings(summary: pd.DataFrame, P) -> list[Finding | str]:
+    """The findings as measured, one paragraph each: the best run by mean test perplexity over its seeds
+    beside the unigram baseline, the differences between multi-seed runs (stated only beyond the seed
+    spread), the largest seed spread, whether post-norm training needs warmup here (first seed, its margin
+    beside that spread) and the learning rates the runs used (parameters)."""
     if "seed" not in summary:
         summary = summary.assign(seed=P.seeds[0])
     spread = seed_spread(summary, P.seeds[0])
     best = spread.loc[spread.test_ppl_mean.idxmin()]
-    uni = float(summary.loc[summary.run == best.run, "unigram_test_ppl"].iloc[0])
+    uni = summary.groupby("run", sort=False).unigram_test_ppl.first()
+    below = int((spread.set_index("run").test_ppl_mean < uni).sum())
     seeds = f"mean of {best.n_seeds} seeds" if best.n_seeds > 1 else f"seed {best.seeds}"
-    lines = [f"Best test perplexity: {best.run} at {best.test_ppl_mean:.1f} ({seeds}; unigram baseline {uni:.1f})."]
-    for r in spread.itertuples():
-        if r.n_seeds > 1:
-            lines.append(f"  {r.run:24s} val {r.val_ppl_mean:8.1f} [{r.val_ppl_min:.1f}-{r.val_ppl_max:.1f}]  test "
-                         f"{r.test_ppl_mean:8.1f} [{r.test_ppl_min:.1f}-{r.test_ppl_max:.1f}]  (mean [min-max] of "
-                         f"seeds {r.seeds})")
-        else:
-            lines.append(f"  {r.run:24s} val {r.val_ppl_mean:8.1f}  test {r.test_ppl_mean:8.1f}  (seed {r.seeds} only)")
-    lines += differences(spread)
+    out: list[Finding | str] = [Finding(
+        "Best test perplexity",
+        f"{best.run} at {best.test_ppl_mean:.1f} ({seeds}) against a unigram baseline of {uni[best.run]:.1f}; "
+        f"{below} of {len(spread)} runs end below their unigram baseline (table above: mean, min and max over seeds).")]
+    out += [Finding("Runs trained with several seeds", line) for line in differences(spread)]
     multi = spread[spread.n_seeds > 1]
     rel = float(((multi.val_ppl_max - multi.val_ppl_min) / multi.val_ppl_mean).max()) if len(multi) else None
     if rel is not None:
-        lines.append(f"Largest seed spread (max - min) / mean of val ppl: {100 * rel:.1f} %; a single-seed "
-                     f"difference smaller than that is not stated.")
+        out.append(Finding("Seed spread", f"The largest (max - min) / mean of the validation perplexity over "
+                           f"seeds is {100 * rel:.1f} %; a single-seed difference smaller than that is not stated."))
     v = warmup_verdict(summary, P)
     if v is not None:
-        verdict = "needs" if v.needs_warmup else "does not clearly need"
-        if rel is not None and v.needs_warmup and v.without_warmup <= (1 + rel) * v.with_warmup:
-            verdict = "may need (the gap is within the seed spread)"
-        lines.append(f"LLaMA-PostLN with warmup: val ppl {v.with_warmup:.1f}; without: {v.without_warmup:.1f} "
-                     f"(seed {P.seeds[0]}) -> here post-norm training {verdict} warmup.")
-    lines.append(f"Later notebooks read seed {P.seeds[0]}'s checkpoints (folders <run>; seed k: toy:<run>-seed<k>).")
-    return "\n".join(lines)
+        within = rel is not None and v.needs_warmup and v.without_warmup <= (1 + rel) * v.with_warmup
+        verdict = "partly" if within else ("agrees" if v.needs_warmup else "disagrees")
+        said = ("needs warmup, but the gap is within the seed spread" if within else
+                "needs warmup" if v.needs_warmup else
+                f"does not clearly need warmup (a gap under {100 * (WARMUP_MARGIN - 1):.0f} % is not counted)")
+        out.append(Finding("Post-norm training needs learning-rate warmup",
+                           f"LLaMA-PostLN reaches a validation perplexity of {v.with_warmup:.1f} with warmup and "
+                           f"{v.without_warmup:.1f} without (seed {P.seeds[0]}): here post-norm training {said}.",
+                           paper=f"post-norm transformers need warmup to train well ({XIONG}).", verdict=verdict))
+    rates = ", ".join(f"{r} {P.lr_by_run[r]:g}" for r in spread.run if r in P.lr_by_run)
+    if rates:
+        out.append(f"Learning rates: {rates}; every other run {P.lr:g} (`lr_by_run`, `lr`). Post-norm runs are "
+                   "compared at their own best rate of the sweep (`benchmarks/lr_sweep.py`), not at a shared one.")
+    out.append(f"Later notebooks read seed {P.seeds[0]}'s checkpoints (folders `<run>`; seed k: `toy:<run>-seed<k>`).")
+    return out

@@ -1,6 +1,6 @@
 """Notebook 03 (geometry metrics): the long geometry table of the toy models (random and trained) and
 the pretrained models on the structured prompts, its profile summary, the heatmap matrices, the
-architecture pairs compared, and the findings text."""
+architecture pairs compared, and the findings (tg_utils.findings)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,10 +11,11 @@ import pandas as pd
 import torch
 
 from ..data.corpus import load_corpus
+from ..findings import Finding
 from ..geometry import cosine_matrix, geometry_table, profile_states, profile_summary
 from ..models import ModelSpec
 from ..models.spec import table_label
-from ..plots.style import with_labels
+from ..plots.style import RANDOM, with_labels
 from .nb02_extract_states import free_memory, load, model_specs, prompts_for
 
 NB = "03_geometry_metrics"
@@ -103,18 +104,79 @@ def difference_pairs(P) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     return arch, train
 
 
-def describe_profiles(summary: pd.DataFrame) -> str:
-    """One line per model: cosine at the first / middle / last layer, the ID peak and where it sits,
-    the chi_1 range (all means over prompts)."""
-    lines = []
+FIRST_BLOCK = 1          # the ID peak over the blocks' outputs (layers >= 1), as token_geometry src/summarize.py:11
+CHI_PAPER = 0.85         # "chi_1 climbs to about 0.9 in late layers": a maximum at or above this counts as agreeing
+EARLY_MIDDLE = 0.5       # "a peak in the early-middle layers": an inner peak at relative depth <= this agrees
+GEOMETRY_OF_TOKENS = "The Geometry of Tokens (Viswanathan et al.)"
+
+
+def span(lo: float, hi: float) -> str:
+    """A range as text: 'lo to hi', or one value when both are equal at two decimals."""
+    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f} to {hi:.2f}"
+
+
+def profile_facts(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per model (means over prompts): layers, cosine at the first / middle / last layer, the ID
+    peak over layers >= 1 (value, layer, relative depth), the ID of the embedding output (layer 0), the
+    chi_1 range over the pairs (1, 2) .. (L-1, L), and whether it is a toy run at random initialisation."""
+    rows = []
     for lab, g in summary.groupby("label", sort=False):
         def prof(metric):
-            return g[g.metric == metric].sort_values("layer")
+            return g[g.metric == metric].set_index("layer")["mean"].sort_index()
         cos, idp, chi = prof("cos_full"), prof("id"), prof("chi_1")
-        L = int(cos.layer.max())
-        c = cos.set_index("layer")["mean"]
-        peak = idp.loc[idp["mean"].idxmax()]
-        lines.append(f"{lab:28s} cos {c.loc[0]:.2f} -> {c.loc[L // 2]:.2f} -> {c.loc[L]:.2f} (first/mid/last); "
-                     f"ID peak {peak['mean']:.1f} at layer {int(peak.layer)}/{L} (depth {peak.layer / L:.2f}); "
-                     f"chi_1 {chi['mean'].min():.2f}..{chi['mean'].max():.2f}")
-    return "\n".join(lines)
+        L = int(cos.index.max())
+        blocks = idp[idp.index >= FIRST_BLOCK]
+        chi = chi[chi.index >= FIRST_BLOCK]
+        rows.append({"label": lab, "random_init": lab.endswith(RANDOM), "n_layers": L, "cos_first": cos.loc[0],
+                     "cos_mid": cos.loc[L // 2], "cos_last": cos.loc[L], "id_peak": blocks.max(),
+                     "id_peak_layer": int(blocks.idxmax()), "id_peak_depth": blocks.idxmax() / L,
+                     "id_layer0": idp.get(0, np.nan), "chi1_min": chi.min(), "chi1_max": chi.max()})
+    return pd.DataFrame(rows)
+
+
+def _peak_verdict(facts: pd.DataFrame) -> str:
+    inner = facts.id_peak_layer < facts.n_layers
+    if not inner.any():
+        return "disagrees"
+    return "agrees" if inner.all() and (facts.id_peak_depth <= EARLY_MIDDLE).all() else "partly"
+
+
+def findings(summary: pd.DataFrame) -> list[Finding]:
+    """Notebook 03's findings from its profile summary, one paragraph each: where the ID peaks (layers >= 1,
+    the paper's procedure), the embedding output's ID (our addition), chi_1's top, the cosine through depth,
+    and what training changed in the toy runs."""
+    f = profile_facts(summary)
+    tr, rnd = f[~f.random_init], f[f.random_init]
+    out = [Finding(
+        "Where the ID peaks (layers >= 1)",
+        "; ".join(f"{r.label} {r.id_peak:.1f} at layer {r.id_peak_layer}/{r.n_layers} (depth {r.id_peak_depth:.2f})"
+                  for r in tr.itertuples()) + f". An inner peak in {int((tr.id_peak_layer < tr.n_layers).sum())} of "
+        f"{len(tr)} trained models; the others rise to their last layer.",
+        paper=f"{GEOMETRY_OF_TOKENS}: the ID rises to a peak in the early-middle layers, then falls.",
+        verdict=_peak_verdict(tr)),
+        Finding("The embedding output (layer 0)",
+                f"Its ID is above the peak of the blocks' outputs in {int((f.id_layer0 > f.id_peak).sum())} of "
+                f"{len(f)} models (" + "; ".join(f"{r.label} {r.id_layer0:.1f}" for r in f.itertuples()) + ").",
+                paper="not measured: the paper's code computes no ID on the embedding output.",
+                verdict="our addition"),
+        Finding("Neighbourhood overlap chi_1 (pairs (1, 2) .. (L-1, L))",
+                "; ".join(f"{r.label} {span(r.chi1_min, r.chi1_max)}" for r in tr.itertuples())
+                + f"; {int((tr.chi1_max >= CHI_PAPER).sum())} of {len(tr)} trained models reach {CHI_PAPER:.2f}.",
+                paper=f"{GEOMETRY_OF_TOKENS}: chi_1 climbs to about 0.9 in late layers.",
+                verdict=_share_verdict(tr.chi1_max >= CHI_PAPER)),
+        Finding("Cosine similarity through depth",
+                "Mean cosine at the first -> middle -> last layer: " + "; ".join(
+                    f"{r.label} {r.cos_first:.2f} -> {r.cos_mid:.2f} -> {r.cos_last:.2f}" for r in tr.itertuples())
+                + ".")]
+    if len(rnd):
+        pairs = [(t, r) for t in tr.itertuples() for r in rnd.itertuples() if r.label == t.label.replace(
+            " (trained)", RANDOM)]
+        out.append(Finding("What training changed (toy runs)", "; ".join(
+            f"{t.label.replace(' (trained)', '')}: ID peak {r.id_peak:.2f} -> {t.id_peak:.2f}, middle-layer cosine "
+            f"{r.cos_mid:.2f} -> {t.cos_mid:.2f}" for t, r in pairs) + " (random initialisation -> trained).",
+            verdict="our addition"))
+    return out
+
+
+def _share_verdict(ok: pd.Series) -> str:
+    return "agrees" if ok.all() else ("partly" if ok.any() else "disagrees")

@@ -18,7 +18,7 @@ loss, a summary).
   - peak_comparison(): the peak under full shuffling against the structured peak, prompt by prompt;
   - id_loss_correlation(): Pearson r and p between ID and loss across prompts at every layer (at each
     S, or pooled over (prompt, S) pairs).
-Notebook 05 reuses peaks, id_loss_correlation, band_mean and the long forms.
+Notebook 05 reuses peaks, id_loss_correlation, band_mean and the long forms; nb04_findings builds the findings.
 """
 from __future__ import annotations
 
@@ -33,8 +33,6 @@ from ..data.corpus import load_corpus
 from ..data.prompts import ShufflePrompts, build_shuffle_prompts
 from ..geometry import geometry_table, profile_summary
 from ..models import ModelSpec
-from ..models.spec import table_label
-from ..plots.style import model_keys
 from ..metrics.stats import pearson
 from ..tables import LONG_COLUMNS
 from .nb02_extract_states import free_memory, load
@@ -48,13 +46,6 @@ MIN_LAYERS = (PAPER_MIN_LAYER, 0)   # ID peaks: the original's (layers >= 1), th
 # the original's first layer per metric in the profile figures (its shuffle_experiment.ipynb plots ID, chi_k
 # and the nn_sim angle from layer 1 on, the cosine from layer 0)
 PAPER_FIRST_LAYER = {"id": 1, "chi_1": 1, "nn_sim": 1, "nn_angle": 1, "cos_full": 0}
-
-
-def peak_scope(min_layer: int) -> str:
-    """How a peak over layers >= min_layer is labelled in text, figures and captions."""
-    if min_layer == PAPER_MIN_LAYER:
-        return f"layers >= {min_layer}, the paper's procedure"
-    return "all layers, embedding output included (our addition)" if min_layer == 0 else f"layers >= {min_layer}"
 
 
 def paper_view(summary: pd.DataFrame) -> pd.DataFrame:
@@ -289,77 +280,3 @@ def band_mean(long: pd.DataFrame, metric: str, lo: float, hi: float) -> pd.DataF
     per_prompt = sub.groupby(_KEYS, sort=False).value.mean()
     return per_prompt.groupby(level=["model", "revision", "shuffle_index"], sort=False).mean().rename(
         metric).reset_index()
-
-
-# ---------------------------------------------------------------- findings
-
-def _fmt_list(vals, fmt="{:.1f}") -> str:
-    return ", ".join(fmt.format(v) for v in vals)
-
-
-def describe_shuffle(long: pd.DataFrame, infos: pd.DataFrame | None = None) -> str:
-    """The measured findings of notebook 04, in numbers, one block per model."""
-    pk = peaks(long)
-    fracs = {ml: peak_fractions(c).set_index(["model", "revision"])
-             for ml, c in zip(MIN_LAYERS, peak_comparisons(long))}
-    corr0 = id_loss_correlation(long[long.shuffle_index == 0])
-    corrp = id_loss_correlation(long, pooled=True)
-    loss = loss_by_s(long)
-    chi_late = band_mean(long, "chi_1", 2 / 3, 1.0)
-    cos_mid = band_mean(long, "cos_full", 1 / 3, 2 / 3)
-    lines = []
-    for model, rev in model_keys(long):
-        sel = (pk.model == model) & (pk.revision == rev)
-        L = int(pk[sel].n_layers.iloc[0])
-        mean_profile = long[(long.model == model) & (long.revision == rev) & (long.metric == "id")].groupby(
-            ["shuffle_index", "layer"]).value.mean()
-        ss = sorted(mean_profile.index.get_level_values(0).unique())
-        l0 = [mean_profile.loc[(s, 0)] for s in ss]
-        head = f"{table_label(model, rev)} ({L} layers"
-        if infos is not None:
-            row = infos[(infos.model == model) & (infos.revision.fillna("") == rev)]
-            if len(row):
-                r = row.iloc[0]
-                head += f"; N={r.n_tokens} tokens{' + BOS' if r.bos else ''}, {r.n_prompts} prompts"
-        lines.append(head + f"; S = {ss[0]}..{ss[-1]})")
-        lines.append(f"  ID at layer 0 (embedding output) per S, equal by construction: {_fmt_list(l0)}")
-        for ml in MIN_LAYERS:
-            where = peak_scope(ml)
-            prof = mean_profile[mean_profile.index.get_level_values("layer") >= ml]
-            mp_peak = [prof.loc[s].max() for s in ss]
-            mp_layer = [int(prof.loc[s].idxmax()) for s in ss]
-            lines.append(f"  [{where}] ID peak of the mean profile per S: {_fmt_list(mp_peak)} at layers {mp_layer}")
-            f = fracs[ml].loc[(model, rev)]
-            lines.append(f"  [{where}] per prompt, S={int(f.s_cmp)} vs S=0: peak higher for {f.frac_higher:.0%} of "
-                         f"{int(f.n_prompts)} prompts (mean peak {f.peak_ref:.1f} -> {f.peak_cmp:.1f}, x{f.ratio:.2f}); "
-                         f"peak layer {f.layer_ref:.1f} -> {f.layer_cmp:.1f} (earlier for {f.frac_earlier:.0%}, same "
-                         f"{f.frac_same:.0%}, later {f.frac_later:.0%})")
-        lv = loss[(loss.model == model) & (loss.revision == rev)].sort_values("shuffle_index")
-        lines.append(f"  mean loss per S: {_fmt_list(lv['mean'], '{:.2f}')} nats")
-        ch = chi_late[(chi_late.model == model) & (chi_late.revision == rev)].sort_values("shuffle_index")
-        cm = cos_mid[(cos_mid.model == model) & (cos_mid.revision == rev)].sort_values("shuffle_index")
-        chi = long[(long.model == model) & (long.revision == rev) & (long.metric == "chi_1")]
-        chi_max = chi[chi.layer >= PAPER_MIN_LAYER].groupby(["shuffle_index", "layer"]).value.mean().groupby(
-            level=0).max()
-        lines.append(f"  chi_1 over the last third of the layers per S: {_fmt_list(ch.chi_1, '{:.2f}')}; "
-                     f"largest chi_1 of the mean profile per S, pairs (1,2)..(L-1,L) as the paper: "
-                     f"{_fmt_list(chi_max, '{:.2f}')}")
-        nn = long[(long.model == model) & (long.revision == rev) & (long.metric == "nn_angle")
-                  & (long.layer >= PAPER_MIN_LAYER)]
-        if len(nn):
-            ang = nn.groupby(["shuffle_index", "layer"]).value.mean().groupby(level=0)
-            lines.append(f"  nn_sim angle (degrees, mean over tokens, layers >= 1) per S: mean over layers "
-                         f"{_fmt_list(ang.mean())}; range of the mean profile "
-                         + ", ".join(f"{a:.0f}..{b:.0f}" for a, b in zip(ang.min(), ang.max())))
-        lines.append(f"  mean cosine over the middle third per S: {_fmt_list(cm.cos_full, '{:.2f}')}")
-        for name, c in (("S=0, across prompts", corr0), ("pooled over (prompt, S)", corrp)):
-            g = c[(c.model == model) & (c.revision == rev)]
-            g = g[g.r.notna() & (g.layer >= PAPER_MIN_LAYER)]      # the original correlates layers 1..L
-            if g.empty:
-                lines.append(f"  ID-loss correlation ({name}): not defined (no loss or < 3 samples)")
-                continue
-            lines.append(f"  ID-loss Pearson r ({name}, n={int(g.n.iloc[0])}, layers >= 1): positive at {int((g.r > 0).sum())}/"
-                         f"{len(g)} layers, positive with p<0.05 at {int(((g.r > 0) & (g.p < 0.05)).sum())}, "
-                         f"negative with p<0.05 at {int(((g.r < 0) & (g.p < 0.05)).sum())}; r range "
-                         f"{g.r.min():.2f}..{g.r.max():.2f}, median {g.r.median():.2f}")
-    return "\n".join(lines)

@@ -1,11 +1,10 @@
 """Notebook 05 (model comparison): every model on the structured prompts of notebooks 02 and 03 (the
 same cache entries), its profile summary, the ID-loss correlation of the trained models, one summary
-row per model (peak ID and its depth, middle-third cosine, chi_1 range, nn_sim, loss) and the findings
-text. The original's procedures (token_geometry src/) are the defaults: ID peak over the blocks' outputs,
-chi_1 over the pairs (1, 2) .. (L-1, L); the all-layers peak is our addition, labelled so."""
+row per model (peak ID and its depth, middle-third cosine, chi_1 range, nn_sim, loss), from which
+nb05_findings builds the findings. The original's procedures (token_geometry src/) are the defaults: ID
+peak over the blocks' outputs, chi_1 over the pairs (1, 2) .. (L-1, L); the all-layers peak is our addition, labelled so."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,22 +122,3 @@ def comparison_summary_long(table: pd.DataFrame) -> pd.DataFrame:
             "peak_layer_all_layers", "peak_depth_all_layers", "prompt_peak_id_from_l1", "prompt_peak_depth_from_l1",
             "cos_mid", "chi1_min", "chi1_max", "nn_sim", "nn_angle", "mean_loss"]
     return long_form(table, {c: c for c in cols}, prompt_id=-1, shuffle_index=0, layer=-1)
-
-
-def describe_comparison(table: pd.DataFrame, corr: pd.DataFrame) -> str:
-    """The measured findings of notebook 05, in numbers, one line per model."""
-    lines = []
-    for _, r in table.iterrows():
-        c = corr[(corr.model == r.model) & (corr.revision == r.revision)]
-        c = c[c.r.notna() & (c.layer >= PAPER_MIN_LAYER)]          # the original correlates layers 1..L
-        cor = ("no loss (encoder)" if c.empty else
-               f"ID-loss (layers >= 1) r>0 at {int((c.r > 0).sum())}/{len(c)} layers ({int(((c.r > 0) & (c.p < 0.05)).sum())} "
-               f"with p<0.05), median r {c.r.median():.2f}")
-        loss = "" if math.isnan(r.mean_loss) else f"; loss {r.mean_loss:.2f}"
-        lines.append(f"{r.label:26s} ID peak (layers >= 1, the paper's) {r.peak_id_from_l1:5.1f} at layer "
-                     f"{r.peak_layer_from_l1}/{r.n_layers} (depth {r.peak_depth_from_l1:.2f}; per-prompt peaks "
-                     f"{r.prompt_peak_id_from_l1:.1f} at depth {r.prompt_peak_depth_from_l1:.2f}); over all layers "
-                     f"(ours) {r.peak_id_all_layers:.1f} at layer {r.peak_layer_all_layers}; "
-                     f"cos mid-third {r.cos_mid:.2f}; chi_1 (pairs from (1,2)) {r.chi1_min:.2f}..{r.chi1_max:.2f}; "
-                     f"nn_sim {r.nn_sim:.2f} (angle {r.nn_angle:.0f} deg){loss}; {cor}")
-    return "\n".join(lines)

@@ -4,7 +4,7 @@ A *cloud* is the N token states of one prompt at one layer, an array of shape (N
 function accepts numpy arrays or torch tensors (any device, any float dtype) and is batched over
 leading dimensions: an input of shape (..., N, d) (e.g. prompts x layers x tokens x features)
 gives outputs with the same leading shape (...). Results are numpy arrays, or Python floats for a
-single cloud; distances are always float64. Definitions follow DESIGN.md, "Metric definitions".
+single cloud; distances are always float64. Definitions: docs/METRICS.md.
 
 Neighbours are computed once per cloud and shared by GRIDE and the neighbourhood overlap
 (`layer_profile` does this for a stack of layers): on CPU a float32 score matrix (a symmetric
