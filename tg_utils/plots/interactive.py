@@ -11,9 +11,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import sample_colorscale
+from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
+from ..models.spec import table_label
 from ..weights.vocab import fmt_token
 from .style import METRIC_LABELS, TOKEN_COLORS
 
@@ -53,7 +54,8 @@ def profile_page(tidy: pd.DataFrame, title: str = "", columns: int = 2) -> go.Fi
                         horizontal_spacing=0.08, vertical_spacing=0.12 if n_rows > 1 else 0.1)
     custom = [c for c in ("layer", "low", "high", "n_prompts") if c in tidy and c != x]
     const = [c for c in tidy.columns if c not in {x, "mean", *custom}]
-    colors = {lab: TOKEN_COLORS[i % len(TOKEN_COLORS)] for i, lab in enumerate(labels)}
+    colors = {lab: qualitative.D3[i % 10] for i, lab in enumerate(labels)}      # matplotlib's C0, C1, ...: as the PNG
+    shown = set()
     lay = "%{x}" if x == "layer" else "%{customdata[0]} (depth %{x:.3f})"
     for k, metric in enumerate(metrics):
         row, col = k // n_cols + 1, k % n_cols + 1
@@ -64,14 +66,15 @@ def profile_page(tidy: pd.DataFrame, title: str = "", columns: int = 2) -> go.Fi
             if g["low"].notna().any():
                 band = g[g["low"].notna()]
                 fig.add_trace(go.Scatter(x=np.r_[band[x], band[x][::-1]], y=np.r_[band["high"], band["low"][::-1]],
-                                         fill="toself", fillcolor=_rgba(colors[lab], 0.15), line={"width": 0},
+                                         fill="toself", mode="lines", fillcolor=_rgba(colors[lab], 0.15), line={"width": 0},
                                          hoverinfo="skip", legendgroup=lab, showlegend=False), row, col)
             lo, hi = custom.index("low"), custom.index("high")
             fig.add_trace(go.Scatter(
                 **_traced(g, {"x": x, "y": "mean"}, custom, const), mode="lines+markers", name=lab,
-                legendgroup=lab, showlegend=k == 0, line={"color": colors[lab]}, marker={"size": 5},
+                legendgroup=lab, showlegend=lab not in shown, line={"color": colors[lab]}, marker={"size": 5},
                 hovertemplate=f"<b>{lab}</b><br>layer {lay}<br>{metric} = %{{y:.4g}}<br>95 % interval "
                               f"[%{{customdata[{lo}]:.4g}}, %{{customdata[{hi}]:.4g}}]<extra></extra>"), row, col)
+            shown.add(lab)
         fig.update_xaxes(title_text="relative depth" if x == "relative_depth" else "layer", row=row, col=col)
     fig.update_layout(template=TEMPLATE, title=title or None, height=380 * n_rows + 80, hovermode="closest",
                       legend={"title": {"text": "model (click: hide / show)"}})
@@ -88,9 +91,9 @@ def shuffle_page(tidy: pd.DataFrame, title: str = "") -> go.Figure:
     panels = list(dict.fromkeys(tidy["panel"]))
     panels = [p for p in panels if p != "mean"] + ["mean"] * ("mean" in panels)
     s_vals = sorted(tidy["shuffle_index"].unique())
-    titles = [f"{m}{'@' + r if r else ''}: {p}" for m, r in models for p in panels]
+    titles = [f"{table_label(m, r)}: {p}" for m, r in models for p in panels]
     fig = make_subplots(len(models), len(panels), subplot_titles=titles, horizontal_spacing=0.05,
-                        vertical_spacing=min(0.12, 0.3 / max(len(models), 1)))
+                        vertical_spacing=min(0.16, 0.45 / max(len(models), 1)))
     for i, (model, rev) in enumerate(models):
         for j, panel in enumerate(panels):
             sub = tidy[(tidy["model"] == model) & (tidy["revision"] == rev) & (tidy["panel"] == panel)]
@@ -101,7 +104,7 @@ def shuffle_page(tidy: pd.DataFrame, title: str = "") -> go.Figure:
                 color = _viridis(s_vals.index(s), len(s_vals))
                 if g["low"].notna().any():
                     fig.add_trace(go.Scatter(x=np.r_[g["layer"], g["layer"][::-1]],
-                                             y=np.r_[g["high"], g["low"][::-1]], fill="toself",
+                                             y=np.r_[g["high"], g["low"][::-1]], fill="toself", mode="lines",
                                              fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
                                              legendgroup=f"S={s}", showlegend=False), i + 1, j + 1)
                 fig.add_trace(go.Scatter(
@@ -114,7 +117,7 @@ def shuffle_page(tidy: pd.DataFrame, title: str = "") -> go.Figure:
                     i + 1, j + 1)
     fig.update_xaxes(title_text="layer")
     fig.update_layout(template=TEMPLATE, title=title or METRIC_LABELS.get(metric, metric),
-                      height=300 * len(models) + 100, legend={"title": {"text": "shuffle index"}})
+                      height=330 * len(models) + 100, legend={"title": {"text": "shuffle index"}})
     return fig
 
 
@@ -156,7 +159,8 @@ def trajectory_pages(tidy: pd.DataFrame, backgrounds: dict | None = None) -> dic
             tok = fmt_token(g["token"].iloc[0])
             n = len(g)
             fig.add_trace(go.Scatter3d(
-                **_traced(g, {"x": "x", "y": "y", "z": "z"}, ["layer"], ["stage", "position", "token", "model", "label"]),
+                **_traced(g, {"x": "x", "y": "y", "z": "z"}, ["layer"],
+                          ["stage", "position", "token", "model", "label"]),
                 mode="lines+markers+text", name=f"{pos}: {tok}", text=[str(v) for v in g["layer"]],
                 textposition="top center", textfont={"size": 9, "color": color},
                 line={"color": color, "width": 4}, marker={"color": color, "size": np.linspace(3, 9, n),
@@ -168,7 +172,7 @@ def trajectory_pages(tidy: pd.DataFrame, backgrounds: dict | None = None) -> dic
                 **_traced(g, {"x": "x", "y": "y", "z": "z"}, ["layer", "position", "token"],
                           ["stage", "model", "label"]),
                 mode="markers", name=f"{stage} (raw)", text=[fmt_token(v) for v in g["token"]],
-                marker={"symbol": "x" if stage == "embedding" else "cross", "size": 4, "color": "#333333"},
+                marker={"symbol": "diamond" if stage == "embedding" else "cross", "size": 4, "color": "#333333"},
                 hovertemplate=f"<b>%{{text}}</b> (position %{{customdata[1]}})<br>{stage}, raw<extra></extra>"))
         fig.update_layout(template=TEMPLATE, height=760,
                           title=f"{lab}: {normed['layer'].nunique()} states per token (numbers: layer; "

@@ -90,7 +90,8 @@ def clip_layer0(ax, sub: pd.DataFrame, x: str = "layer", by: str = "label", far:
         above = bool(r["mean"] > top)
         y, col = (top if above else bottom), colors.get(str(r[by]), "k")
         ax.plot([r[x]], [y], marker="^" if above else "v", ms=7, color=col, clip_on=False, zorder=4)
-        ax.annotate(f"layer 0: {r['mean']:.3g}", (r[x], y), xytext=(8, (-8 - 8 * k[above]) if above else 3 + 8 * k[above]),
+        dy = -8 - 8 * k[above] if above else 3 + 8 * k[above]          # stacked: one label under the other
+        ax.annotate(f"layer 0: {r['mean']:.3g}", (r[x], y), xytext=(8, dy),
                     textcoords="offset points", fontsize=6.5, color=col, va="center",
                     bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
         k[above] += 1
