@@ -105,7 +105,7 @@ def plot_scale_curves(long: pd.DataFrame, keys: Sequence[tuple[str, str]]):
             shown.append(g)
         ax.set(xscale="log", yscale="log", xlabel="scale n1", ylabel="GRIDE intrinsic dimension",
                title=table_label(model, rev))
-        log_ticks(ax)
+        log_ticks(ax, xticks=c.n1.unique())
         ax.legend(fontsize=7)
     return fig, pd.concat(shown, ignore_index=True)
 

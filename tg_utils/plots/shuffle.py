@@ -74,7 +74,7 @@ def plot_scale_curves_by_s(long: pd.DataFrame, min_layer: int = 1):
             tidy.append(c.assign(shuffle_index=s))
         ax.set(xscale="log", xlabel="scale n1 (n2 = 2 n1)", ylabel="GRIDE intrinsic dimension",
                title=f"{table_label(model, rev)}, layer {layer}")
-        log_ticks(ax)
+        log_ticks(ax, xticks=c.n1.unique())
     outside_legend(fig, axes[:1, :1])
     return fig, pd.concat(tidy, ignore_index=True)
 

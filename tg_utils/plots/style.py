@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import numpy as np
 import pandas as pd
 
@@ -110,12 +111,16 @@ def panel_grid(n: int, columns: int = 3, width: float = 3.9, height: float = 3.3
     return fig, axes
 
 
-def log_ticks(ax):
-    """Plain numbers (1, 2, 5, 10, 20, ...) on the log axes of `ax` instead of powers of ten."""
+def log_ticks(ax, xticks: Sequence[float] | None = None):
+    """Plain numbers on the log axes of `ax` (1, 2, 5, 10, 20, ... instead of powers of ten); `xticks`: the
+    x values to tick (e.g. the scales n1 drawn)."""
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log":
-            axis.set_major_formatter(plt.ScalarFormatter())
-            axis.set_minor_formatter(plt.NullFormatter())
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
+    if xticks is not None and len(xticks):
+        ax.set_xticks(sorted(set(float(v) for v in xticks)))
 
 
 def outside_legend(fig, axes, **kw):
@@ -126,4 +131,4 @@ def outside_legend(fig, axes, **kw):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=kw.pop("fontsize", 7), **kw)
+        fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=kw.pop("fontsize", 7), **kw)
