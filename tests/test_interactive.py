@@ -104,6 +104,9 @@ def test_profile_page_holds_the_csv_numbers_and_is_linked(tmp_path):
     assert all("95 % interval" in t["hovertemplate"] and t["meta"]["const"]["label"] in t["hovertemplate"]
                for t in lines)
     assert sum(t.get("fill") == "toself" for t in data) == 4          # one band per line, no hover of its own
+    y_id, y_cos = layout["yaxis"], layout["yaxis2"]
+    assert y_id["range"][1] < 10 and "range" not in y_cos               # ID opens on layers >= 1, as the PNG
+    assert "layer 0 off scale" in layout["annotations"][0]["text"]
     readme = (tmp_path / "README.md").read_text()
     assert "Interactive: [page](03_x/prof.html)." in readme
     assert ensure_plotly_js(tmp_path) == tmp_path / PLOTLY_JS

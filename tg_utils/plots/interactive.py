@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 
 from ..models.spec import table_label
 from ..weights.vocab import fmt_token
-from .style import METRIC_LABELS, TOKEN_COLORS
+from .style import METRIC_LABELS, TOKEN_COLORS, layer0_far
 
 TEMPLATE = "plotly_white"
 STAGE_NORMED = "final-normed"          # nb07_trajectory's stage of the final-normed states
@@ -76,6 +76,11 @@ def profile_page(tidy: pd.DataFrame, title: str = "", columns: int = 2) -> go.Fi
                               f"[%{{customdata[{lo}]:.4g}}, %{{customdata[{hi}]:.4g}}]<extra></extra>"), row, col)
             shown.add(lab)
         fig.update_xaxes(title_text="relative depth" if x == "relative_depth" else "layer", row=row, col=col)
+        far = layer0_far(tidy[tidy["metric"] == metric]) if "layer" in tidy else None
+        if far is not None:               # as the PNG: open on layers >= 1; double-click shows layer 0 too
+            pad = 0.08 * (far[1] - far[0])
+            fig.update_yaxes(range=[far[0] - pad, far[1] + pad], row=row, col=col)
+            fig.layout.annotations[k].text += " (layer 0 off scale: double-click to see it)"
     fig.update_layout(template=TEMPLATE, title=title or None, height=380 * n_rows + 80, hovermode="closest",
                       legend={"title": {"text": "model (click: hide / show)"}})
     return fig

@@ -69,19 +69,29 @@ def profile_panel(ax, summary: pd.DataFrame, metric: str, x: str = "layer", by: 
         clip_layer0(ax, sub, x, by)
 
 
+def layer0_far(sub: pd.DataFrame, far: float = 1.0) -> tuple[float, float] | None:
+    """(low, high) of layers >= 1 (means and bands) of a profile table when some layer-0 mean lies more than
+    `far` x that span outside it, else None."""
+    rest, first = sub[sub["layer"] >= 1], sub[sub["layer"] == 0]
+    if rest.empty or first.empty:
+        return None
+    vals = pd.concat([rest["mean"], rest["low"], rest["high"]]).dropna()
+    lo, hi = float(vals.min()), float(vals.max())
+    span = max(hi - lo, 1e-12)
+    return (lo, hi) if ((first["mean"] > hi + far * span) | (first["mean"] < lo - far * span)).any() else None
+
+
 def clip_layer0(ax, sub: pd.DataFrame, x: str = "layer", by: str = "label", far: float = 1.0) -> bool:
     """When a line's layer-0 mean lies more than `far` x the span of layers >= 1 (means and bands) outside
     that span, fit the y axis to layers >= 1 and mark every layer-0 point outside it at the edge (a triangle in
     its line's colour, its value listed in a band left free above / below the data): layer 0 (the embedding
     output) no longer squashes the other layers. Returns whether it clipped."""
-    rest, first = sub[sub["layer"] >= 1], sub[sub["layer"] == 0]
-    if rest.empty or first.empty:
+    span_of_rest = layer0_far(sub, far)
+    if span_of_rest is None:
         return False
-    vals = pd.concat([rest["mean"], rest["low"], rest["high"]]).dropna()
-    lo, hi = float(vals.min()), float(vals.max())
+    lo, hi = span_of_rest
     span = max(hi - lo, 1e-12)
-    if not ((first["mean"] > hi + far * span) | (first["mean"] < lo - far * span)).any():
-        return False
+    first = sub[sub["layer"] == 0]
     n_up, n_down = int((first["mean"] > hi).sum()), int((first["mean"] < lo).sum())
     top, bottom = hi + (0.06 + 0.075 * n_up) * span, lo - (0.06 + 0.075 * n_down) * span
     ax.set_ylim(bottom, top)
