@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..weights.vocab import fmt_token
+from .style import TOKEN_COLORS
 
 PROBE_NAMES = {0: "first", 1: "middle", 2: "last"}
 STAGE_NORMED = "final-normed"          # nb07_trajectory's stage of the final-normed states
@@ -71,14 +72,15 @@ def plot_coverage(tables: dict[str, pd.DataFrame], level: float | None = None):
 
 def plot_trajectories(reports: dict, max_background: int = 2000, seed: int = 0):
     """Per model (rows): the phrase's final-normed states in the 3-D embedding UMAP as three 2-D projections
-    (x-y, x-z, y-z); grey = fitted embedding rows (at most ``max_background``), one coloured path per token
-    from the embedding (circle) to the last block (star, labelled); dark crosses: the raw token embeddings
-    and token + position embeddings (the paper's input panel). Returns (fig, tidy coordinates)."""
+    (x-y, x-z, y-z); grey = fitted embedding rows (at most ``max_background``), one path per token in its own
+    distinct colour (style.TOKEN_COLORS, named in the row's legend) from the embedding (open circle) to the
+    last block (star), its markers growing with the layer so that the order of the states reads off the path;
+    dark crosses: the raw token embeddings and token + position embeddings (the paper's input panel).
+    Returns (fig, tidy coordinates)."""
     reps = [r for r in reports.values() if r.trajectory is not None]
-    fig, axes = plt.subplots(len(reps), 3, figsize=(12.0, 3.7 * len(reps)), squeeze=False)
+    fig, axes = plt.subplots(len(reps), 3, figsize=(14.0, 3.9 * len(reps)), squeeze=False, layout="constrained")
     rng = np.random.default_rng(seed)
     tidy = []
-    cmap = plt.get_cmap("tab10" if max((len(r.trajectory.tokens) for r in reps), default=1) <= 10 else "tab20")
     for i, rep in enumerate(reps):
         tr = rep.trajectory
         bg = tr.background
@@ -87,30 +89,31 @@ def plot_trajectories(reports: dict, max_background: int = 2000, seed: int = 0):
         tidy.append(tr.coords.assign(model=rep.spec, label=rep.label))
         co = tr.coords[tr.coords["stage"] == STAGE_NORMED] if "stage" in tr.coords else tr.coords
         raw = tr.coords[tr.coords["stage"] != STAGE_NORMED] if "stage" in tr.coords else co.iloc[:0]
+        handles = []
         for j, (a, b) in enumerate((("x", "y"), ("x", "z"), ("y", "z"))):
             ax = axes[i][j]
-            ia, ib = "xyz".index(a), "xyz".index(b)
-            ax.scatter(bg[:, ia], bg[:, ib], s=1, color="0.8", alpha=0.4, rasterized=True)
+            ax.scatter(bg[:, "xyz".index(a)], bg[:, "xyz".index(b)], s=1, color="0.85", alpha=0.4, rasterized=True)
             for stage, marker in zip(dict.fromkeys(raw["stage"]), ("x", "+")):
                 g = raw[raw["stage"] == stage]
-                ax.scatter(g[a], g[b], s=18, marker=marker, color="0.3", label=f"{stage} (raw)" if j == 0 else None)
-            for p, g in co.groupby("position"):
+                h = ax.scatter(g[a], g[b], s=18, marker=marker, color="0.3", label=f"{stage} (raw)")
+                if j == 0:
+                    handles.append(h)
+            for k, (p, g) in enumerate(co.groupby("position")):
                 g = g.sort_values("layer")
-                col = cmap(p % cmap.N)
-                ax.plot(g[a], g[b], "-", color=col, lw=1.0, alpha=0.9)
-                ax.scatter(g[a], g[b], s=8, color=col)
-                ax.scatter(g[a].iloc[0], g[b].iloc[0], s=40, marker="o", facecolor="none", edgecolor=col)
-                ax.scatter(g[a].iloc[-1], g[b].iloc[-1], s=80, marker="*", color=col)
-                ax.annotate(fmt_token(tr.tokens[p]), (g[a].iloc[-1], g[b].iloc[-1]), fontsize=7, color=col,
-                            xytext=(3, 3), textcoords="offset points")
+                col = TOKEN_COLORS[k % len(TOKEN_COLORS)]
+                line, = ax.plot(g[a], g[b], "-", color=col, lw=0.9, alpha=0.8, label=f"{p}: {fmt_token(tr.tokens[p])}")
+                ax.scatter(g[a], g[b], s=np.linspace(4, 34, len(g)), color=col, alpha=0.8, lw=0)
+                ax.scatter(g[a].iloc[0], g[b].iloc[0], s=46, marker="o", facecolor="none", edgecolor=col, lw=1.2)
+                ax.scatter(g[a].iloc[-1], g[b].iloc[-1], s=110, marker="*", color=col, edgecolor="k", lw=0.4)
+                if j == 0:
+                    handles.append(line)
             ax.set(xlabel=f"UMAP {a}", ylabel=f"UMAP {b}")
             ax.set_xticks([])
             ax.set_yticks([])
-            if j == 0:
-                ax.set_title(f"{rep.label}: {len(co.layer.unique())} states per token", fontsize=9)
-                if len(raw):
-                    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
+        axes[i][0].set_title(f"{rep.label}: {len(co.layer.unique())} states per token (marker size grows with the "
+                             "layer)", fontsize=9, loc="left")
+        axes[i][2].legend(handles=handles, title="position: token", fontsize=7, title_fontsize=7,
+                          loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return fig, pd.concat(tidy, ignore_index=True)
 
 

@@ -9,32 +9,37 @@ import numpy as np
 import pandas as pd
 
 from ..models.spec import table_label
-from .style import METRIC_LABELS, profile_panel, with_labels
+from .style import METRIC_LABELS, log_ticks, outside_legend, panel_grid, profile_panel, with_labels
 
 
 def plot_norms(df: pd.DataFrame):
     """Mean state norm per layer against relative depth, one line per model (log scale)."""
     df = with_labels(df)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), layout="constrained")
     for lab, g in df.groupby("label", sort=False):
         ax.plot(g.relative_depth, g.mean_norm, marker=".", label=lab)
     ax.set(yscale="log", xlabel="relative depth (layer / number of layers)", ylabel="mean L2 norm of a token state",
            title="state norm per layer")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    outside_legend(fig, [ax])
     return fig, df
 
 
 def plot_profiles(summary: pd.DataFrame, metrics: Sequence[str], x: str = "layer", by: str = "label",
-                  title: str = "", order: Sequence[str] | None = None):
-    """One panel per metric, lines with bands (summary from geometry.profile_summary + labels)."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        profile_panel(ax, summary, m, x=x, by=by, order=order)
-    axes[0][0].legend(fontsize=7)
+                  title: str = "", order: Sequence[str] | None = None, columns: int = 2):
+    """One panel per metric (at most `columns` per row), lines with bands (summary from
+    geometry.profile_summary + labels), the legend right of the panels; a layer 0 far off the scale of the
+    other layers is clipped and marked (style.clip_layer0)."""
+    n_cols = min(len(metrics), columns)
+    n_rows = -(-len(metrics) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols + 2.2, 3.8 * n_rows), squeeze=False,
+                             layout="constrained")
+    for k, m in enumerate(metrics):
+        profile_panel(axes.flat[k], summary, m, x=x, by=by, order=order)
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    outside_legend(fig, axes)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig, summary[summary.metric.isin(metrics)].reset_index(drop=True)
 
 
@@ -42,7 +47,7 @@ def plot_differences(summary: pd.DataFrame, pairs: Sequence[tuple[str, str]], me
     """Mean profile of A minus mean profile of B for each (A, B) label pair, on shared axes."""
     sub = summary[summary.metric == metric]
     rows = []
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), layout="constrained")
     for a, b in pairs:
         ga = sub[sub.label == a].set_index(x)["mean"]
         gb = sub[sub.label == b].set_index(x)["mean"]
@@ -54,8 +59,7 @@ def plot_differences(summary: pd.DataFrame, pairs: Sequence[tuple[str, str]], me
                                   "difference": d.values}))
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel=x, ylabel=f"difference in {METRIC_LABELS.get(metric, metric)}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    outside_legend(fig, [ax])
     return fig, pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -86,29 +90,30 @@ def scale_curves(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_scale_curves(long: pd.DataFrame, keys: Sequence[tuple[str, str]]):
-    """ID against scale n1 at the first, middle and last layer, one panel per (model, revision) of `keys`."""
+    """ID against scale n1 at the first, middle and last layer, one panel per (model, revision) of `keys`,
+    three panels a row; log-log: the embedding output's ID (layer 0, up to ~10x the others in the toy
+    models) and the later layers' both stay readable."""
     curves = scale_curves(long)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False, sharey=True)
+    fig, axes = panel_grid(len(keys))
     shown = []
-    for ax, (model, rev) in zip(axes[0], keys):
+    for ax, (model, rev) in zip(axes.flat, keys):
         c = curves[(curves.model == model) & (curves.revision == rev)]
         L = c.layer.max()
         for layer in sorted({0, L // 2, L}):
             g = c[c.layer == layer]
             ax.plot(g.n1, g.id, marker=".", label=f"layer {layer}")
             shown.append(g)
-        ax.set(xscale="log", xlabel="scale n1", title=table_label(model, rev))
-        ax.xaxis.set_major_formatter(plt.ScalarFormatter())
-    axes[0][0].set_ylabel("GRIDE intrinsic dimension")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+        ax.set(xscale="log", yscale="log", xlabel="scale n1", ylabel="GRIDE intrinsic dimension",
+               title=table_label(model, rev))
+        log_ticks(ax, xticks=c.n1.unique())
+        ax.legend(fontsize=7)
     return fig, pd.concat(shown, ignore_index=True)
 
 
 def plot_correlation(corr: pd.DataFrame, title: str = ""):
     """Pearson r between ID and loss across prompts against relative depth, one line per model (and
     per S when several are given); filled markers: p < 0.05, open: p >= 0.05."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), layout="constrained")
     depth = corr.groupby(["model", "revision"]).layer.transform("max")
     df = corr.assign(relative_depth=corr.layer / depth)
     for i, ((model, rev, s), g) in enumerate(df.groupby(["model", "revision", "shuffle_index"], sort=False)):
@@ -123,6 +128,5 @@ def plot_correlation(corr: pd.DataFrame, title: str = ""):
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(ylim=(-1.05, 1.05), xlabel="relative depth (layer / number of layers)",
            ylabel="Pearson r (ID, loss) across prompts", title=title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    outside_legend(fig, [ax])
     return fig, df

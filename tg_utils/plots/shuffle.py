@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..models.spec import table_label
 from .profiles import scale_curves
-from .style import METRIC_LABELS, model_keys, s_colors
+from .style import METRIC_LABELS, log_ticks, model_keys, outside_legend, panel_grid, s_colors
 
 
 def plot_shuffle_profiles(long: pd.DataFrame, summary: pd.DataFrame, metric: str, show_prompts: int = 3,
@@ -21,7 +21,8 @@ def plot_shuffle_profiles(long: pd.DataFrame, summary: pd.DataFrame, metric: str
     models = model_keys(long)
     colors = s_colors(long.shuffle_index.unique())
     n_cols = show_prompts + 1
-    fig, axes = plt.subplots(len(models), n_cols, figsize=(3.3 * n_cols, 2.9 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), n_cols, figsize=(3.3 * n_cols + 0.8, 2.9 * len(models)), squeeze=False,
+                             layout="constrained")
     tidy = []
     for i, (model, rev) in enumerate(models):
         sub = long[(long.model == model) & (long.revision == rev) & (long.metric == metric)]
@@ -49,8 +50,7 @@ def plot_shuffle_profiles(long: pd.DataFrame, summary: pd.DataFrame, metric: str
         for ax in axes[i]:
             ax.set_xlabel("layer (l, l+1)" if metric.startswith("chi") else "layer", fontsize=8)
         axes[i][0].set_ylabel(METRIC_LABELS.get(metric, metric), fontsize=8)
-    axes[0][-1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    outside_legend(fig, axes[:1, -1:])
     cols = ["model", "revision", "panel", "prompt_id", "shuffle_index", "layer", "mean", "low", "high"]
     return fig, pd.concat(tidy, ignore_index=True)[cols].rename(columns={"mean": metric})
 
@@ -61,9 +61,9 @@ def plot_scale_curves_by_s(long: pd.DataFrame, min_layer: int = 1):
     line per S, one panel per model."""
     models = model_keys(long)
     colors = s_colors(long.shuffle_index.unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.4), squeeze=False)
+    fig, axes = panel_grid(len(models))
     tidy = []
-    for ax, (model, rev) in zip(axes[0], models):
+    for ax, (model, rev) in zip(axes.flat, models):
         m = long[(long.model == model) & (long.revision == rev)]
         s0 = m[(m.shuffle_index == 0) & (m.metric == "id") & (m.layer >= min_layer)].groupby("layer").value.mean()
         layer = int(s0.idxmax())
@@ -72,11 +72,10 @@ def plot_scale_curves_by_s(long: pd.DataFrame, min_layer: int = 1):
             c = c[c.layer == layer].sort_values("n1")
             ax.plot(c.n1, c.id, marker=".", color=colors[s], label=f"S={s}")
             tidy.append(c.assign(shuffle_index=s))
-        ax.set(xscale="log", xlabel="scale n1 (n2 = 2 n1)", title=f"{table_label(model, rev)}, layer {layer}")
-        ax.xaxis.set_major_formatter(plt.ScalarFormatter())
-    axes[0][0].set_ylabel("GRIDE intrinsic dimension")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+        ax.set(xscale="log", xlabel="scale n1 (n2 = 2 n1)", ylabel="GRIDE intrinsic dimension",
+               title=f"{table_label(model, rev)}, layer {layer}")
+        log_ticks(ax, xticks=c.n1.unique())
+    outside_legend(fig, axes[:1, :1])
     return fig, pd.concat(tidy, ignore_index=True)
 
 
