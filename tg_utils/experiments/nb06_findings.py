@@ -195,4 +195,4 @@ def findings(res: Results, threshold: float = 0.9) -> list[Finding | str]:
 
 def findings_markdown(res: Results, threshold: float = 0.9) -> str:
     """The findings as Markdown (the notebook shows it with ``findings.show``)."""
-    return to_markdown(findings(res, threshold), heading="Findings (numbers from this run)")
+    return to_markdown(findings(res, threshold))

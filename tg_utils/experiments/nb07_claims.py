@@ -170,7 +170,7 @@ def findings(reports: dict[str, ModelReport], n: int = 5) -> list[Finding | str]
 
 def findings_markdown(reports: dict[str, ModelReport], n: int = 5) -> str:
     """The findings as Markdown (the notebook shows it with ``findings.show``)."""
-    return to_markdown(findings(reports, n), heading="Findings (numbers from this run)")
+    return to_markdown(findings(reports, n))
 
 
 # ============================================================================ per-model detail (DataFrames)
