@@ -74,9 +74,18 @@ def test_nb06_verdicts_follow_the_numbers():
     assert g["P1 > P2"].verdict == "agrees" and "raw +0.030" in g["P1 > P2"].ours
 
 
+def test_nb06_first_position_effect_needs_both_forms():
+    res = _results()
+    f = _by_title(F6.findings(res))["First-position effect"]
+    assert "in 0 of 2 runs" in f.ours and "a 0.350 vs 0.350" in f.ours     # (0.45 + 0.35 + 0.25) / 3, alone = prefix
+    conv = res.convergence
+    res.convergence.drop(conv[(conv.bucket == 1) & (conv.prefix == "")].index, inplace=True)
+    assert "First-position effect" not in _by_title(F6.findings(res))            # no one-token word alone
+
+
 def test_nb06_caveat_names_the_short_bucket():
     md = F6.findings_markdown(_results())
-    assert "*Caveat (perturbation):* the corpus cannot fill bucket(s) [3] (3 tokens: 4 of 20 words)" in md
+    assert "*Caveat (perturbation):* the corpus cannot fill bucket(s) [3] (3-token words: 4 of 20)" in md
 
 
 @pytest.mark.parametrize("hits, n, verdict", [(2, 2, "agrees"), (0, 2, "disagrees"), (1, 2, "partly"),

@@ -83,8 +83,9 @@ def phase_findings(res: Results) -> list[Finding]:
             continue
         i = int(np.nanargmin(r))
         n = res.inputs.get(t, {}).get("n_seqs", "?")
-        falls.append(f"{t} {r[0]:.1f} -> {r[i]:.1f} at step {c.step.iloc[i]:g} (N = {n}, warmup "
-                     f"{res.warmup.get(t)} steps)")
+        w = res.warmup.get(t)
+        falls.append(f"{t} {r[0]:.1f} -> {r[i]:.1f} at step {c.step.iloc[i]:g} (N = {n}, "
+                     + ("no warmup known)" if w is None else f"warmup {w:g} steps)"))
         ph = _phase_at_final(res, t)
         for p in T.PHASES:
             if (ph.phase == p).any():
@@ -151,7 +152,10 @@ def convergence_findings(res: Results, threshold: float = 0.9) -> list[Finding]:
         for t, g in summ.groupby("trajectory", sort=False):
             one = g[(g.bucket == 1) & (g.layer > 0)]
             a, b = one[one.prefix == ""].deficit.mean(), one[one.prefix != ""].deficit.mean()
-            pairs.append((t, a, b))
+            if np.isfinite(a) and np.isfinite(b):
+                pairs.append((t, a, b))
+        if not pairs:
+            return out
         later = sum(a > b for _, a, b in pairs)
         out.append(Finding("First-position effect", "one-token words fed alone (position 0 sees only itself) "
                            f"converge later than after the prefix in {later} of {len(pairs)} runs (mean deficit "
@@ -189,7 +193,7 @@ def findings(res: Results, threshold: float = 0.9) -> list[Finding | str]:
         if bs:
             rep = res.buckets[(res.buckets.analysis == a) & res.buckets.bucket.isin(bs)].drop_duplicates("bucket")
             out.append(f"*Caveat ({a}):* the corpus cannot fill bucket(s) {bs} (" + ", ".join(
-                f"{int(r.bucket)} tokens: {int(r.n_words)} of {int(r.wanted)} words" for r in rep.itertuples()) + ").")
+                f"{int(r.bucket)}-token words: {int(r.n_words)} of {int(r.wanted)}" for r in rep.itertuples()) + ").")
     return out
 
 
