@@ -11,7 +11,7 @@ from ..weights.vocab import fmt_token
 from .nb07_findings import ellipse_stats
 from .nb07_report import ModelReport
 
-PAPER = "Traveling Words (Molina 2023)"
+PAPER = "Traveling Words, Molina 2023"
 SPHERE_CV = 0.05          # a coefficient of variation of the final-normed norms at most this: "on a sphere"
 DISTINCT = 0.5            # at least this share of distinct top-1 tokens over (noun, head) pairs: "noun-specific"
 
@@ -92,7 +92,7 @@ def rank_finding(reports: dict[str, ModelReport]) -> Finding:
                      + f" at blocks {'/'.join(map(str, r.layers))}, {_pct(lvl)} coverage")
     return Finding("Rank of the per-head maps", "median rank over heads at the coverage level: " + "; ".join(parts)
                    + " (every block: the coverage figure).",
-                   paper="the paper plots the cumulative share of sigma of each head's W_qk and W_vo at blocks 0, 5 "
+                   paper="it plots the cumulative share of sigma of each head's W_qk and W_vo at blocks 0, 5 "
                          "and 11 of GPT-2.")
 
 
@@ -137,7 +137,7 @@ def sphere_finding(reports: dict[str, ModelReport]) -> Finding:
     vals = [(r.label, *_norm_growth(r)) for r in reps]
     hits = sum(cv <= SPHERE_CV for _, _, cv in vals)
     return Finding("Trajectories on a sphere", "raw state norms grow from the embedding to the last block (median) "
-                   + ", ".join(f"x{g:.0f} ({lab})" for lab, g, _ in vals) + "; after the final norm the coefficient "
+                   + ", ".join(f"x{g:.3g} ({lab})" for lab, g, _ in vals) + "; after the final norm the coefficient "
                    "of variation of the norm is " + ", ".join(f"{cv:.2g} ({lab})" for lab, _, cv in vals)
                    + f". Rule: on a sphere where it is at most {SPHERE_CV} ({hits} of {len(vals)} models).",
                    paper=f"({PAPER}) the final norm puts every state on a sphere, where the tokens travel.",
