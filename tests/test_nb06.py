@@ -19,7 +19,7 @@ from tg_utils import metrics as M
 from tg_utils.data.corpus import Article, Corpus
 from tg_utils.data.sequences import batch_prompts, sequence_windows
 from tg_utils.experiments import nb06_training_trajectory_phases as nb06
-from tg_utils.experiments.nb06_findings import findings
+from tg_utils.experiments.nb06_findings import findings_markdown
 from tg_utils.metrics import trajectory as T
 from tg_utils.metrics import word_states as WS
 from tg_utils.models.spec import ModelSpec
@@ -427,8 +427,8 @@ def test_end_to_end_on_a_tiny_trained_toy_model(tmp_path):
     assert set(res.perturbation.states) == {"raw", "centred"}
     l0 = res.perturbation[res.perturbation.layer == 0]                    # the embedding of the shared last token
     np.testing.assert_allclose(l0.P2, 1.0, rtol=1e-6)
-    text = findings(res)
-    assert "RankMe" in text and "warmup collapse" in text and "Token convergence" in text
+    text = findings_markdown(res)
+    assert "RankMe" in text and "Warmup collapse" in text and "Later layers converge later" in text
 
     # every figure draws and saves
     summ = nb06.convergence_summary(conv)

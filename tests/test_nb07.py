@@ -19,6 +19,7 @@ import torch
 
 from tg_utils import weights as W
 from tg_utils.experiments import nb07_attention_geometry as X
+from tg_utils.experiments import nb07_claims as C
 from tg_utils.experiments import nb07_findings as F
 from tg_utils.experiments import nb07_model_facts as MF
 from tg_utils.models import ModelSpec, describe
@@ -404,9 +405,10 @@ def test_end_to_end_on_toy_checkpoints(toy_out, toy_tokenizer, monkeypatch):
     ev = F.ellipse_view(T, single.noun[:2].tolist())
     assert set(ev.columns) >= {"keys", "values", "values_sum"} and len(ev) == 2 * 3 * 2
     assert not F.ellipse_summary(T).empty and list(F.lens_view(T, "llama-preln (toy)").index) == list(range(5))
-    text = F.findings_text(reports)
+    text = C.findings_markdown(reports)
     assert "standard-preln (toy)" in text and "llama-preln (toy)" in text and "||gamma e|| + beta.e" in text
-    assert "no bias scorings" in text and "rank at 99% coverage of sigma" in text
+    assert "RMSNorm, no beta" in text and "99% coverage" in text
+    assert set(C.model_table(reports).label) == set(reports) and len(C.strongest_heads(reports)) == 2 * 3
     assert not F.bias_view(T).empty
     for fig_fn in (lambda: PA.plot_coverage(T), lambda: PA.plot_trajectories(reports),
                    lambda: PA.plot_state_norms(reports), lambda: PA.plot_norm_scorings(T),

@@ -17,6 +17,7 @@ import torch.nn.functional as Fn
 
 from tg_utils import weights as W
 from tg_utils.experiments import nb07_attention_geometry as X
+from tg_utils.experiments import nb07_claims as C
 from tg_utils.experiments import nb07_findings as F
 from tg_utils.experiments import nb07_model_facts as MF
 from tg_utils.models import describe, load_model
@@ -488,7 +489,7 @@ def test_gpt2_end_to_end_with_the_paper_defaults(gpt2, word_tokenizer, tmp_path,
     assert all(v.startswith("paper") for v in lines.values())
     assert "variant" in F.procedure_lines(params_class("07_attention_geometry").from_dict(
         dict(models=[gpt2.desc.source], sign_side="query")))["directions"]
-    text = F.findings_text({rep.label: rep})
-    assert "both = ||gamma e|| + beta.e" in text and "key-bias vector" in text and "distance to layer_norm" in text
+    text = C.findings_markdown({rep.label: rep})
+    assert "||gamma e|| + beta.e puts" in text and "Trajectories on a sphere" in text
     with pytest.raises(ValueError, match="indices 0..2"):
         MF.blocks_to_probe(3, blocks=[0, 5])

@@ -1,17 +1,15 @@
-"""The findings text of notebook 06: the measured numbers of the result tables in words (RankMe /
-alpha-ReQ trajectories and their phases, the per-layer picture at the last checkpoint, token convergence
-and its trends, P1 - P2, and the buckets the corpus cannot fill)."""
+"""Notebook 06's findings as Markdown built from the run's tables: one short paragraph per claim of the
+Tracing paper (phases of RankMe / alpha-ReQ) and of Token Representation Evolution (convergence, P1 > P2),
+the paper's claim beside ours and a verdict the numbers decide; and the procedure behind each family."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
+from ..findings import Finding, to_markdown
 from ..metrics import trajectory as T
-from ..plots.trajectory import final_layer, layer_names, spectral_curves
+from ..plots.trajectory import final_layer, spectral_curves
 from .nb06_training_trajectory_phases import Results, convergence_summary, convergence_trends, short_buckets
-
-
-def _fmt_curve(steps, values, fmt="{:.3g}") -> str:
-    return ", ".join(f"{s}: {fmt.format(v)}" for s, v in zip(steps, values))
 
 
 def sequences_text(info: dict) -> str:
@@ -46,111 +44,159 @@ def procedures(P) -> dict[str, str]:
             "words": words, "perturbation": pert}
 
 
-def findings(res: Results, threshold: float = 0.9, P=None) -> str:
-    """The measured results in numbers: RankMe / alpha trajectories and phases (final-normed layer), the
-    per-layer picture at the end, token convergence per bucket and its trends, P1 - P2, and the buckets
-    the corpus cannot fill; with P, the procedures that made them first."""
-    out = []
-    if P is not None:
-        out.append("== Procedures ==")
-        out += [f"{k}: {v}" for k, v in procedures(P).items()]
-        out.append("")
+
+TRACING = "Tracing the Representation Geometry of LMs"
+TRE = "Token Representation Evolution"
+
+
+def share_verdict(hits: int, n: int) -> str:
+    """The verdict of a claim tested on n runs, seen in `hits` of them: all agrees, none disagrees."""
+    return "not testable here" if n == 0 else "agrees" if hits == n else "disagrees" if hits == 0 else "partly"
+
+
+def _runs(names) -> str:
+    names = list(names)
+    return ", ".join(names) if names else "none"
+
+
+def _phase_at_final(res: Results, t: str) -> pd.DataFrame:
+    ph = res.phases
+    if not len(ph.columns) or not len(ph):
+        return pd.DataFrame(columns=["phase", "start_step", "end_step"])
+    return ph[(ph.trajectory == t) & (ph.layer == final_layer(res, t))]
+
+
+def _spans(ph: pd.DataFrame, phase: str) -> str:
+    r = ph[ph.phase == phase]
+    return ", ".join(f"steps {a:g}-{b:g}" for a, b in zip(r.start_step, r.end_step))
+
+
+def phase_findings(res: Results) -> list[Finding]:
+    """The Tracing paper's three phases at the final-normed layer: per run, where our rule marks each, with
+    the RankMe fall (first checkpoint -> minimum) and the curves' ends."""
     curves = spectral_curves(res)
-    out.append("== Spectral trajectories (final-normed last-token states) ==")
+    falls, marked = [], {p: {} for p in T.PHASES}
     for t, c in curves.groupby("trajectory", sort=False):
         c = c.sort_values("step")
-        i_min, i_max = int(np.nanargmin(c.rankme.to_numpy())), int(np.nanargmax(c.rankme.to_numpy()))
-        info = res.inputs.get(t, {})
-        out.append(f"{t} ({sequences_text(info)}; LR warmup {res.warmup.get(t)} steps):")
-        out.append(f"  RankMe  {_fmt_curve(c.step, c.rankme, '{:.1f}')}")
-        out.append(f"          min {c.rankme.iloc[i_min]:.1f} at step {c.step.iloc[i_min]}, max {c.rankme.iloc[i_max]:.1f} "
-                   f"at step {c.step.iloc[i_max]}")
-        out.append(f"  alpha   {_fmt_curve(c.step, c.alpha, '{:.3f}')}")
-        out.append(f"  fit r2  {_fmt_curve(c.step, c.alpha_r2, '{:.2f}')}")
-        if "next_token_nll" in c:
-            out.append(f"  last-token NLL {_fmt_curve(c.step, c.next_token_nll, '{:.2f}')}")
-        L = final_layer(res, t)
-        ph = res.phases[(res.phases.trajectory == t) & (res.phases.layer == L)] if len(res.phases) else res.phases
-        if len(res.phases.columns):                     # computed (an empty table: no phase)
-            out += [f"  phase: {line}" for line in T.describe_phases(ph)]
-            if res.rule.get("smooth", 1) != 1 and np.isfinite(c.rankme).all() and np.isfinite(c.alpha).all():
-                raw = T.mark_phases(c.step, c.rankme, c.alpha, **dict(res.rule, smooth=1), warmup_until=res.warmup.get(t))
-                out.append("  without smoothing (smooth=1): " + "; ".join(
-                    f"{r.phase} {r.start_step:g}-{r.end_step:g}" for r in raw) if len(raw) else
-                    "  without smoothing (smooth=1): no phase")
-        else:
-            out.append("  phases: not computed (RankMe or alpha undefined at some checkpoint)")
-    # per layer at the end
-    out.append("")
-    out.append("== Per layer at the last checkpoint (RankMe / alpha) ==")
-    s = res.spectra
-    for t, g in s.groupby("trajectory", sort=False):
-        last = g[g.step == g.step.max()]
+        r = c.rankme.to_numpy()
+        if not np.isfinite(r).any():
+            continue
+        i = int(np.nanargmin(r))
+        n = res.inputs.get(t, {}).get("n_seqs", "?")
+        w = res.warmup.get(t)
+        falls.append(f"{t} {r[0]:.1f} -> {r[i]:.1f} at step {c.step.iloc[i]:g} (N = {n}, "
+                     + ("no warmup known)" if w is None else f"warmup {w:g} steps)"))
+        ph = _phase_at_final(res, t)
+        for p in T.PHASES:
+            if (ph.phase == p).any():
+                marked[p][t] = _spans(ph, p)
+    n = len(falls)
+    if n == 0:
+        return [Finding("Spectral phases", "RankMe is undefined at every checkpoint: no phase can be read.",
+                        verdict="not testable here")]
+    full = [t for t in marked[T.WARMUP] if t in marked[T.ENTROPY] and t in marked[T.COMPRESSION]]
+
+    def where(p):
+        m = marked[p]
+        return f"marked in {len(m)} of {n} runs" + (": " + "; ".join(f"{t} {s}" for t, s in m.items()) if m else "")
+    return [
+        Finding("Warmup collapse", f"RankMe (first checkpoint -> minimum): {'; '.join(falls)}. Our rule's "
+                f"collapse is {where(T.WARMUP)}.",
+                paper=f"({TRACING}) RankMe collapses during the learning-rate warmup.",
+                verdict=share_verdict(len(marked[T.WARMUP]), n)),
+        Finding("Entropy-seeking phase", f"{where(T.ENTROPY)}.",
+                paper="after the collapse RankMe rises while alpha-ReQ falls.",
+                verdict=share_verdict(len(marked[T.ENTROPY]), n)),
+        Finding("Compression-seeking phase", f"{where(T.COMPRESSION)}; the full sequence collapse -> "
+                f"entropy-seeking -> compression-seeking in: {_runs(full)}.",
+                paper="then RankMe falls while alpha-ReQ rises.",
+                verdict=share_verdict(len(marked[T.COMPRESSION]), n)),
+    ]
+
+
+def layer_finding(res: Results) -> Finding:
+    """RankMe and alpha over the blocks (1..final) at each run's last checkpoint (our addition)."""
+    parts = []
+    for t, g in res.spectra.groupby("trajectory", sort=False):
+        last = g[(g.step == g.step.max()) & (g.layer > 0)]
         w = last.pivot_table(index="layer", columns="metric", values="value")
-        names = layer_names(len(w))
-        out.append(f"{t} (N = {res.inputs.get(t, {}).get('n_seqs', '?')}): " +
-                   "; ".join(f"{n} {r.rankme:.1f}/{r.alpha:.2f}" for n, r in zip(names, w.itertuples())))
-        if len(res.phases):
-            other = res.phases[(res.phases.trajectory == t)]
-            counts = other.groupby("phase").layer.apply(lambda x: ",".join(names[int(v)] for v in sorted(set(x))))
-            out.append("  layers with each phase: " + ("; ".join(f"{p}: {counts.get(p, 'none')}" for p in T.PHASES)))
-    # token convergence
-    if len(res.convergence):
-        summ = convergence_summary(res.convergence, threshold)
-        out.append("")
-        out.append(f"== Token convergence (cosine to the final checkpoint; deficit = mean of 1 - cos over the "
-                   f"checkpoints before the last; converged = first step from which cos >= {threshold}) ==")
-        for (t, p), g in summ.groupby(["trajectory", "prefix"], sort=False):
-            out.append(f"{t}, {'word alone' if not p else 'after prefix ' + repr(p)}:")
-            n = int(g.layer.max()) + 1
-            names = layer_names(n)
-            for b, h in g.groupby("bucket"):
-                h = h.sort_values("layer")
-                out.append(f"  {b} tok (n={int(h.n_words.iloc[0])}): deficit " +
-                           " ".join(f"{names[int(l)]}={d:.3f}" for l, d in zip(h.layer, h.deficit)) +
-                           " | converged at " + " ".join(f"{names[int(l)]}={int(cs)}" for l, cs in zip(h.layer, h.converged_step)))
-        tr = convergence_trends(summ)
-        out.append("Trends (Spearman, mean over buckets / layers with >= 5 words; > 0 = later convergence):")
-        for r in tr.itertuples():
-            out.append(f"  {r.trajectory}, {'alone' if not r.prefix else 'prefix'}: with layer {r.rho_layer:+.2f}, "
-                       f"with token count {r.rho_bucket:+.2f} (buckets {r.buckets})")
-        # first-position effect: one-token words alone vs after a prefix
-        if "" in set(summ.prefix) and len(set(summ.prefix)) > 1 and 1 in set(summ.bucket):
-            out.append("First-position effect (1-token words, mean deficit over layers 1..final): " + "; ".join(
-                f"{t}: alone {g[(g.prefix == '') & (g.bucket == 1) & (g.layer > 0)].deficit.mean():.3f} vs prefix "
-                f"{g[(g.prefix != '') & (g.bucket == 1) & (g.layer > 0)].deficit.mean():.3f}"
-                for t, g in summ.groupby("trajectory", sort=False)))
-    # perturbation
-    if len(res.perturbation):
-        pert = res.perturbation
-        out.append("")
-        out.append("== Context perturbation (P1: same word in its other contexts; P2: same sentence, last word swapped "
-                   "for one ending in the same token; raw states, and centred = minus the mean state of the spectra sequences) ==")
-        for t, g in pert.groupby("trajectory", sort=False):
-            L = int(g.layer.max())
-            mid = max(1, L // 2)
-            s0, s1 = int(g.step.min()), int(g.step.max())
-            out.append(f"{t}: P1 / P2 / P1-P2 at layer {mid} and at the final layer, step {s1} (step {s0} in brackets):")
-            for b, h in g.groupby("bucket"):
-                def at(kind, step, layer, col="P1_minus_P2"):
-                    return h[(h.states == kind) & (h.step == step) & (h.layer == layer)][col].item()
-                last_raw = h[(h.states == "raw") & (h.step == s1) & (h.layer >= 1)]
-                last_c = h[(h.states == "centred") & (h.step == s1) & (h.layer >= 1)]
-                n = int(h.n_words.iloc[0])
-                out.append(
-                    f"  {b} tok (n={n}): raw {at('raw', s1, mid, 'P1'):.3f} / {at('raw', s1, mid, 'P2'):.3f} / "
-                    f"{at('raw', s1, mid):+.3f} ({at('raw', s0, mid):+.3f}), final {at('raw', s1, L):+.3f} "
-                    f"({at('raw', s0, L):+.3f}); centred {at('centred', s1, mid, 'P1'):.3f} / "
-                    f"{at('centred', s1, mid, 'P2'):.3f} / {at('centred', s1, mid):+.3f} ({at('centred', s0, mid):+.3f}), "
-                    f"final {at('centred', s1, L):+.3f} ({at('centred', s0, L):+.3f}); largest P1-P2 over layers 1..final: "
-                    f"raw {last_raw.P1_minus_P2.max():+.3f}, centred {last_c.P1_minus_P2.max():+.3f}")
-    sb = short_buckets(res)
-    out.append("")
-    for a, bs in sb.items():
+        if "rankme" not in w or "alpha" not in w:
+            continue
+        parts.append(f"{t} RankMe {w.rankme.iloc[0]:.1f} (block 1) -> {w.rankme.iloc[-1]:.1f} (final), alpha "
+                     f"{w.alpha.min():.2f}-{w.alpha.max():.2f}")
+    return Finding("Per layer at the last checkpoint", "; ".join(parts) + " (every layer: the heatmaps above).",
+                   verdict="our addition")
+
+
+def convergence_findings(res: Results, threshold: float = 0.9) -> list[Finding]:
+    """Token Representation Evolution's two convergence claims (Spearman trends of the deficit) and the
+    first-position effect of one-token words (our addition)."""
+    if not len(res.convergence):
+        return []
+    summ = convergence_summary(res.convergence, threshold)
+    tr = convergence_trends(summ)
+    lab = lambda r: f"{r.trajectory} {'alone' if not r.prefix else 'after the prefix'}"
+    layer = [f"{lab(r)} {r.rho_layer:+.2f}" for r in tr.itertuples()]
+    bucket = [f"{lab(r)} {r.rho_bucket:+.2f}" for r in tr.itertuples()]
+    out = [
+        Finding("Later layers converge later", "Spearman of the convergence deficit (mean 1 - cosine to the "
+                f"final checkpoint) with the layer, > 0 = later: {'; '.join(layer)}.",
+                paper=f"({TRE}) a word's state converges to its final form later in later layers.",
+                verdict=share_verdict(int((tr.rho_layer > 0).sum()), int(tr.rho_layer.notna().sum()))),
+        Finding("Multi-token words converge later", f"Spearman of the deficit with the word's token count: "
+                f"{'; '.join(bucket)}.", paper="words of more tokens converge later.",
+                verdict=share_verdict(int((tr.rho_bucket > 0).sum()), int(tr.rho_bucket.notna().sum()))),
+    ]
+    if "" in set(summ.prefix) and len(set(summ.prefix)) > 1 and 1 in set(summ.bucket):
+        pairs = []
+        for t, g in summ.groupby("trajectory", sort=False):
+            one = g[(g.bucket == 1) & (g.layer > 0)]
+            a, b = one[one.prefix == ""].deficit.mean(), one[one.prefix != ""].deficit.mean()
+            if np.isfinite(a) and np.isfinite(b):
+                pairs.append((t, a, b))
+        if not pairs:
+            return out
+        later = sum(a > b for _, a, b in pairs)
+        out.append(Finding("First-position effect", "one-token words fed alone (position 0 sees only itself) "
+                           f"converge later than after the prefix in {later} of {len(pairs)} runs (mean deficit "
+                           "over layers 1..final, alone vs prefix: " + "; ".join(f"{t} {a:.3f} vs {b:.3f}"
+                                                                               for t, a, b in pairs) + ").",
+                           verdict="our addition"))
+    return out
+
+
+def perturbation_finding(res: Results) -> list[Finding]:
+    """P1 > P2 (Token Representation Evolution) at each run's last checkpoint, over layers 1..final."""
+    pert = res.perturbation
+    if not len(pert):
+        return []
+    parts, hits, n = [], 0, 0
+    for t, g in pert.groupby("trajectory", sort=False):
+        last = g[(g.step == g.step.max()) & (g.layer >= 1)]
+        raw, cen = last[last.states == "raw"].P1_minus_P2, last[last.states == "centred"].P1_minus_P2
+        n += 1
+        hits += bool(raw.max() > 0)
+        parts.append(f"{t} raw {raw.min():+.3f} to {raw.max():+.3f}, centred {cen.min():+.3f} to {cen.max():+.3f}")
+    return [Finding("P1 > P2", "P1 - P2 over layers 1..final and buckets at the last checkpoint: "
+                    + "; ".join(parts) + ".",
+                    paper="a multi-token word's last-token state depends on the word (P1: the same word in other "
+                          "contexts) more than on its last token (P2: the last word swapped), P1 > P2.",
+                    verdict=share_verdict(hits, n))]
+
+
+def findings(res: Results, threshold: float = 0.9) -> list[Finding | str]:
+    """Every finding of notebook 06 from the run's tables, in the notebook's order, with the buckets the
+    corpus cannot fill as a closing caveat."""
+    out: list[Finding | str] = [*phase_findings(res), layer_finding(res), *convergence_findings(res, threshold),
+                                *perturbation_finding(res)]
+    for a, bs in short_buckets(res).items():
         if bs:
             rep = res.buckets[(res.buckets.analysis == a) & res.buckets.bucket.isin(bs)].drop_duplicates("bucket")
-            out.append(f"{a}: the corpus cannot fill bucket(s) {bs} (" + ", ".join(
-                f"{int(r.bucket)} tok: {int(r.n_words)} of {int(r.wanted)} words" for r in rep.itertuples()) + ")")
-        else:
-            out.append(f"{a}: every bucket filled")
-    return "\n".join(out)
+            out.append(f"*Caveat ({a}):* the corpus cannot fill bucket(s) {bs} (" + ", ".join(
+                f"{int(r.bucket)}-token words: {int(r.n_words)} of {int(r.wanted)}" for r in rep.itertuples()) + ").")
+    return out
+
+
+def findings_markdown(res: Results, threshold: float = 0.9) -> str:
+    """The findings as Markdown (the notebook shows it with ``findings.show``)."""
+    return to_markdown(findings(res, threshold))

@@ -22,7 +22,7 @@ Trajectories with `spectra=False` (P.word_models at P.word_revisions) are read f
     res.spectra / res.phases / res.convergence / res.perturbation ...   # tidy tables
 
 What is read lives in nb06_inputs (trajectories, prompt sets), what is measured at a checkpoint and the
-tables of one trajectory in nb06_measures, the figures in tg_utils.plots.trajectory, the findings text in
+tables of one trajectory in nb06_measures, the figures in tg_utils.plots.trajectory, the findings (Markdown) in
 nb06_findings.
 
 Layers are state indices (tg_utils.extract): 0 = embedding output, 1..L = block outputs, L + 1 = the

@@ -1,7 +1,7 @@
-"""Notebook 07's findings text and compact views, built from the reports and combined tables of
-``nb07_attention_geometry``: token lists per scoring, direction and noun, the rank and lens views, the
-ellipse and direction statistics, the one-line statement of the procedure behind each table, and the
-measured findings of every model. Blocks are counted from 0, as the paper does."""
+"""Notebook 07's compact views, built from the reports and combined tables of ``nb07_attention_geometry``:
+token lists per scoring, direction and noun, the rank and lens views, the ellipse and direction statistics,
+and the one-line statement of the procedure behind each table (the findings: ``nb07_claims``). Blocks are
+counted from 0, as the paper does."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from ..weights.vocab import fmt_token
-from .nb07_attention_geometry import ModelReport
 
 
 # ============================================================================ compact views (display)
@@ -148,7 +147,7 @@ def ellipse_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return df[["label", *[c for c in df.columns if c != "label"]]]
 
 
-# ============================================================================ measured findings
+# ============================================================================ statistics behind the findings
 
 def ellipse_stats(ell: pd.DataFrame) -> pd.DataFrame:
     """Per (layer, probe): the share of (noun, head) pairs whose top-k holds the query token itself, the share
@@ -183,119 +182,3 @@ def direction_stats(dirs: pd.DataFrame) -> pd.DataFrame:
             ov.append(len(sa & sb) / max(1, len(sa)))
         rows.append({"layer": layer, "kind": kind, "component": comp, "side_overlap": float(np.mean(ov))})
     return pd.DataFrame(rows)
-
-
-def _toks(df: pd.DataFrame, n: int) -> str:
-    return ", ".join(fmt_token(t) for t in df.sort_values("rank")["token"].head(n))
-
-
-def _norm_lines(rep: ModelReport, n: int) -> list[str]:
-    nt, ns = rep.norm_tokens, rep.norm_stats
-    mat = nt["matrix"].iloc[0]
-    sel = lambda s, side: nt[(nt.matrix == mat) & (nt.scoring == s) & (nt.side == side)]
-    st = ns[ns.matrix == mat].set_index("scoring")
-    lines = [f"  norms ({mat}; the paper's scorings): largest ||e||: {_toks(sel('norm', 'top'), n)}; smallest: "
-             f"{_toks(sel('norm', 'bottom'), n)}",
-             f"    scaled ||gamma e||: top {_toks(sel('scaled_norm', 'top'), n)} (rank correlation with ||e|| "
-             f"{st.loc['scaled_norm', 'spearman_vs_norm']:.2f}, top-k overlap "
-             f"{st.loc['scaled_norm', 'top_overlap_vs_norm']:.0%})"]
-    if "bias" not in st.index:
-        return lines + ["    no bias scorings: the final norm has no bias (RMSNorm)"]
-    for name, what in (("bias", "||e|| + beta.e"), ("both", "||gamma e|| + beta.e")):
-        lines.append(f"    {name} = {what}: top {_toks(sel(name, 'top'), n)}; bottom {_toks(sel(name, 'bottom'), n)} "
-                     f"(rank correlation with ||e|| {st.loc[name, 'spearman_vs_norm']:.2f}, top-k overlap "
-                     f"{st.loc[name, 'top_overlap_vs_norm']:.0%})")
-    lines.append(f"    variants: beta.e alone: top {_toks(sel('bias_term', 'top'), n)} (rank correlation with ||e|| "
-                 f"{st.loc['bias_term', 'spearman_vs_norm']:.2f}); sqrt(d) ||gamma e|| + beta.e: top "
-                 f"{_toks(sel('max_logit', 'top'), n)} (top-k overlap with ||e|| "
-                 f"{st.loc['max_logit', 'top_overlap_vs_norm']:.0%})")
-    return lines
-
-
-def model_findings(rep: ModelReport, n: int = 5) -> list[str]:
-    """The findings lines of one model (numbers measured in this run; blocks counted from 0)."""
-    L = rep.n_layers
-    lines = [f"== {rep.label}: {rep.summary}"] + _norm_lines(rep, n)
-    dist = rep.layernorm_distances
-    if len(dist):
-        d = dist.set_index("setting")
-        lines.append("  distance to layer_norm(e) (mean L2 / mean cosine distance): "
-                     + "; ".join(f"{k} {d.loc[k, 'mean_l2_distance']:.3g} / {d.loc[k, 'mean_cosine_distance']:.3g}"
-                                 for k in d.index)
-                     + f" (mean ||e|| {d['avg_norm'].iloc[0]:.3g}, sqrt(d) / mean ||e|| = "
-                       f"{d['scale_factor'].iloc[0]:.3g})")
-    # coverage
-    cov = rep.coverage
-    for kind in ("qk", "vo"):
-        c = cov[cov.kind == kind]
-        per = c[c.layer.isin(rep.layers)].groupby("layer")["rank_at_level"].median()
-        allm = c.groupby("layer")["rank_at_level"].median()
-        lvl = c["level"].iloc[0]
-        of = "sigma^2" if c["coverage_of"].iloc[0] == "sigma2" else "sigma"
-        lines.append(f"  W_{kind} rank at {lvl:.0%} coverage of {of} (median over heads, d_head={rep.d_head}): "
-                     + ", ".join(f"block {l}: {v:g}" for l, v in per.items())
-                     + f"; over all {L} blocks {allm.min():g}-{allm.max():g}")
-    # directions
-    ds = direction_stats(rep.directions)
-    d0 = ds[ds.component == 0].set_index(["layer", "kind"])["side_overlap"]
-    lines.append("  top singular direction, overlap of the two sides' top-k tokens (mean over heads): "
-                 + "; ".join(f"block {l}: qk {d0.get((l, 'qk'), float('nan')):.2f}, "
-                             f"vo {d0.get((l, 'vo'), float('nan')):.2f}" for l in rep.layers))
-    dr = rep.directions
-    for l in rep.layers:
-        g = dr[(dr.layer == l) & (dr.component == 0)]
-        h = int(g[g.kind == "qk"].sort_values("sigma", ascending=False)["head"].iloc[0])
-        gk = g[(g["head"] == h)]
-        lines.append(f"    block {l}, head {h} (largest sigma_1 of W_qk): first direction's query tokens "
-                     f"{_toks(gk[(gk.kind == 'qk') & (gk.side == 'query')], n)} -> key tokens "
-                     f"{_toks(gk[(gk.kind == 'qk') & (gk.side == 'key')], n)}; its W_vo writes toward "
-                     f"{_toks(gk[(gk.kind == 'vo') & (gk.side == 'output')], n)}")
-    # ellipse
-    if rep.ellipse.empty:
-        lines.append("  ellipse probe: no noun is a single token under this tokenizer")
-    else:
-        es = ellipse_stats(rep.ellipse)
-        heads = sorted(h for h in rep.ellipse["head"].unique().tolist() if h >= 0)
-        lines.append(f"  ellipse probe: {len(rep.nouns)} single-token nouns, heads {heads}")
-        what = {"keys": "keys", "values": "values per head", "values_sum": "values, sum of heads",
-                "update": "update (variant)"}
-        for _, r in es.iterrows():
-            lines.append(f"    block {r.layer} {what.get(r.probe, r.probe)}: query token in its own top-k for "
-                         f"{r.self_in_topk:.0%} of (noun, head) pairs; distinct top-1 {r.distinct_top1:.0%}; "
-                         f"most common top-1: {r.common_top1}")
-    # attention biases
-    bp = rep.bias_probes
-    if len(bp):
-        for (l, b), g in bp[(bp["sign"] == "+")].groupby(["layer", "bias"], sort=True):
-            top1 = g[g["rank"] == 1]["token"].map(fmt_token).value_counts()
-            lines.append(f"  {b}-bias vector, block {l}: most common top-1 over heads: "
-                         + ", ".join(f"{t} ({c})" for t, c in top1.head(4).items()))
-    # trajectory
-    tr = rep.trajectory
-    if tr is not None:
-        nm = tr.norms
-        first, last = nm[nm.layer == 0]["norm"], nm[nm.layer == L]["norm"]
-        nn_ = nm["normed_norm"]
-        lines.append(f"  trajectory of {len(tr.tokens)} tokens: median ||h|| {first.median():.3g} at the embedding, "
-                     f"{last.median():.3g} after the last block (x{last.median() / first.median():.3g}); after the "
-                     f"final norm ||h|| = {nn_.mean():.3g} +- {nn_.std():.2g} (cv {nn_.std() / nn_.mean():.2g})")
-        lens = tr.lens
-        l0 = lens[lens.layer == 0]
-        lL = lens[(lens.layer == L) & (lens.next_token != "")]
-        mid = lens[lens.layer == L // 2]
-        lines.append(f"    logit lens: top-1 is the token itself at the embedding for {l0.is_self.mean():.0%} of "
-                     f"positions; "
-                     f"the next token after block {L // 2 - 1} for {mid[mid.next_token != ''].is_next.mean():.0%} and "
-                     f"after block {L - 1} for {lL.is_next.mean():.0%} (top-1 after the last block: "
-                     f"{', '.join(fmt_token(t) for t in lL.top_token.head(12))}{', ...' if len(lL) > 12 else ''})")
-    return lines
-
-
-def findings_text(reports: dict[str, ModelReport], n: int = 5) -> str:
-    """The findings of every model, as printed by the notebook's last code cell."""
-    out = []
-    for rep in reports.values():
-        out += model_findings(rep, n)
-        out += [f"  note: {x}" for x in rep.notes]
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
