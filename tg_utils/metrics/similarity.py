@@ -1,0 +1,123 @@
+"""Similarity of two clouds of the same tokens (layers, models, checkpoints): linear CKA, mutual k-NN
+alignment, LLM-Microscope's Procrustes linearity; and the anisotropy of one cloud."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._arrays import _check_k, _clouds, _f64, _to_numpy, _unbatch
+from .spectra import eigenspectrum
+
+
+def _pair(A, B, what: str):
+    """Validated float64 stacks (C, N, d_a), (C, N, d_b) of two clouds of the same N tokens, lead."""
+    CA, lead_a = _clouds(A, "A")
+    CB, lead_b = _clouds(B, "B")
+    if lead_a != lead_b or CA.shape[-2] != CB.shape[-2]:
+        raise ValueError(f"{what} compares the same tokens in two spaces: A {tuple(A.shape)} and "
+                         f"B {tuple(B.shape)} must share their leading shape and N (their d may differ).")
+    return _to_numpy(_f64(CA)), _to_numpy(_f64(CB)), lead_a
+
+
+def _centre(C: np.ndarray) -> np.ndarray:
+    return C - C.mean(-2, keepdims=True)
+
+
+def linear_cka(A, B):
+    """Linear CKA (Kornblith et al. 2019) of clouds A (..., N, d_a) and B (..., N, d_b) of the same tokens:
+    HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with K = A A^T, L = B B^T and the biased HSIC
+    tr(K H L H) (platonic-rep metrics.py `cka(kernel_metric='ip')` with `hsic_biased`, metrics.py:252-255),
+    computed in feature space as ||A_c^T B_c||_F^2 / (||A_c^T A_c||_F ||B_c^T B_c||_F) on centred clouds
+    (the reference adds 1e-6 to the denominator; we do not, and raise on a constant cloud). In [0, 1];
+    invariant to rotations, isotropic scalings and translations of either cloud. Returns a float or (...)."""
+    A, B, lead = _pair(A, B, "linear_cka")
+    A, B = _centre(A), _centre(B)
+    ab = np.einsum("cna,cnb->cab", A, B)
+    aa = np.einsum("cna,cnb->cab", A, A)
+    bb = np.einsum("cna,cnb->cab", B, B)
+    den = np.linalg.norm(aa, axis=(-2, -1)) * np.linalg.norm(bb, axis=(-2, -1))
+    if np.any(den == 0):
+        raise ValueError("linear_cka of a cloud whose tokens are all equal is undefined; leave it out.")
+    return _unbatch((ab ** 2).sum((-2, -1)) / den, lead)
+
+
+def _cosine_knn(C: np.ndarray, k: int) -> np.ndarray:
+    """Indices (N, k) of the k largest cosines of each row with the others (self excluded, ties by
+    index): platonic-rep's compute_nearest_neighbors (metrics.py:272-285) on rows scaled to unit length
+    (measure_alignment.py:55-57)."""
+    n = np.linalg.norm(C, axis=-1, keepdims=True)
+    U = C / np.where(n == 0, 1.0, n)
+    S = U @ U.T
+    np.fill_diagonal(S, -np.inf)
+    return np.argsort(-S, axis=1, kind="stable")[:, :k]
+
+
+def mutual_knn(A, B, k: int = 10):
+    """Mutual k-NN alignment (Huh et al. 2024, platonic-rep metrics.py `mutual_knn`, metrics.py:55-85) of
+    clouds A (..., N, d_a) and B (..., N, d_b) of the same tokens: the mean over tokens of
+    |kNN_A(i) ∩ kNN_B(i)| / k, neighbours by cosine among the other tokens of the same cloud (k = 10, the
+    reference's default, measure_alignment.py:34). The reference also clips outlying feature values (its
+    prepare_features, 95th percentile) before; we do not. In [0, 1]. Returns a float or (...)."""
+    A, B, lead = _pair(A, B, "mutual_knn")
+    _check_k(int(k), A.shape[-2])
+    out = np.empty(len(A))
+    for c in range(len(A)):
+        ia, ib = _cosine_knn(A[c], k), _cosine_knn(B[c], k)
+        hit = (ia[:, :, None] == ib[:, None, :]).any(-1).sum(-1)
+        out[c] = (hit / k).mean()
+    return _unbatch(out, lead)
+
+
+def linearity(A, B, residual: bool = False):
+    """LLM-Microscope's linearity score ("Your Transformer is Secretly Linear", Razzhigaev et al. 2024;
+    LLM_microscope.ipynb `procrustes_similarity`) of the map from cloud A (..., N, d) to B (..., N, d_b):
+    both centred and scaled to unit Frobenius norm, B fitted by the least-squares linear map B ≈ A T, the
+    score is 1 - ||A T - B||_F^2 (= the R^2 of the fit). residual=True: of B - A instead of B
+    (`procrustes_similarity_centered`, the linearity of the residual update; needs d_b = d). 1 for any
+    invertible linear map of A (plus translation); close to 0 for unrelated clouds. The fit is exact
+    whenever N - 1 <= rank(A) (fewer tokens than dimensions): then the score is trivially 1, so clouds
+    with N <= d are refused. The reference inverts all singular values; we use a least-squares solve with
+    numpy's default cutoff. Returns a float or (...)."""
+    A, B, lead = _pair(A, B, "linearity")
+    n, d = A.shape[-2:]
+    if n <= d + 1:
+        raise ValueError(f"linearity needs more tokens than dimensions (N = {n}, d = {d}): with "
+                         "N - 1 <= d any cloud is an exact linear image of another and the score is 1. "
+                         "Pool more tokens (e.g. several prompts) into the clouds.")
+    if residual:
+        if B.shape[-1] != d:
+            raise ValueError("linearity(residual=True) needs A and B of the same dimension.")
+        B = B - A
+    out = np.empty(len(A))
+    for c in range(len(A)):
+        a, b = _centre(A[c]), _centre(B[c])
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        if na == 0 or nb == 0:
+            raise ValueError("linearity of a cloud whose tokens are all equal is undefined.")
+        a, b = a / na, b / nb
+        T = np.linalg.lstsq(a, b, rcond=None)[0]
+        out[c] = 1.0 - ((a @ T - b) ** 2).sum()
+    return _unbatch(out, lead)
+
+
+def anisotropy(X, centre: bool = True):
+    """Anisotropy of each cloud X (..., N, d): the share of the largest covariance eigenvalue (the
+    squared top singular value) in their sum, sigma_1^2 / sum sigma_i^2 (LLM_microscope.ipynb
+    `calculate_anisotropy_torch`, which centres the tokens first; "The Shape of Learning", Razzhigaev
+    et al. 2024). centre=False: of the raw states (our labelled variant; it is dominated by a common
+    offset when there is one). In [1/min(N, d), 1]. Returns a float or (...)."""
+    if centre:
+        return eigenspectrum(X)[..., 0] if np.ndim(X) > 2 else float(eigenspectrum(X)[0])
+    C, lead = _clouds(X)
+    s = np.stack([np.linalg.svd(c, compute_uv=False) for c in _to_numpy(_f64(C))])
+    tot = (s ** 2).sum(-1)
+    if np.any(tot == 0):
+        raise ValueError("anisotropy of an all-zero cloud is undefined.")
+    return _unbatch(s[:, 0] ** 2 / tot, lead)
+
+
+def consecutive(X, fn, **kwargs) -> np.ndarray:
+    """fn(X[..., l, :, :], X[..., l+1, :, :]) for each pair of consecutive layers of a stack X (..., L, N, d):
+    float64 (..., L - 1), the value for the pair (l, l+1) at index l."""
+    if X.ndim < 3 or X.shape[-3] < 2:
+        raise ValueError(f"consecutive needs a stack of at least 2 layers (..., L, N, d), got {tuple(X.shape)}.")
+    return np.asarray(fn(X[..., :-1, :, :], X[..., 1:, :, :], **kwargs), dtype=np.float64)
