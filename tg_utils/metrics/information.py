@@ -131,7 +131,8 @@ def curvature(X, absolute: bool = True, normalize_rows: bool = True):
 def depth_curvature(X):
     """Our per-layer curvature of each token's path through the layers, X (..., L, N, d) a stack of
     layers: at layer l (1..L-2) the mean over tokens of the angle (radians, in [0, pi]) between the
-    displacements z_l - z_{l-1} and z_{l+1} - z_l of the same token (raw states, no normalisation).
+    displacements z_l - z_{l-1} and z_{l+1} - z_l of the same token (raw states, no normalisation; a zero
+    displacement counts as angle 0).
     Returns float64 (..., L) with NaN at the first and last layer (no angle there)."""
     C, lead = _clouds(X)
     if len(lead) < 1:
