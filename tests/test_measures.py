@@ -266,3 +266,35 @@ def test_auto_scale_recovers_known_id(kind, d):
     assert s.n1_low <= s.n1 <= s.n1_high and s.id == g.ids[list(g.n1).index(s.n1)]
     if d == 2:
         assert abs(g.ids[0] - d) / d > 1.0                           # scale 0 measures the noise
+
+
+# ------------------------------------------------------------------ one pass per layer
+
+@pytest.mark.parametrize("n,d", [(12, 20), (25, 6)])
+def test_layer_measures_equal_the_functions(n, d):
+    from tg_utils.metrics.layerwise import layer_measures
+    rng = np.random.default_rng(n)
+    X = rng.standard_normal((2, 5, n, d)).cumsum(1) * np.linspace(0.5, 2, d)
+    X[0, 0, 3] = X[0, 0, 4]                                           # a repeated token (zero displacement)
+    m = layer_measures(X)
+    assert np.allclose(m.entropy, matrix_entropy(X), rtol=1e-9, atol=1e-12)
+    assert np.allclose(m.curvature, curvature(X), rtol=1e-7, atol=1e-9)
+    assert np.allclose(m.anisotropy, anisotropy(X), rtol=1e-9)
+    assert np.allclose(m.cka_next[..., :-1], consecutive(X, linear_cka), rtol=1e-9)
+    assert np.isnan(m.cka_next[..., -1]).all()
+    assert np.allclose(m.depth_curvature, depth_curvature(X), equal_nan=True)
+
+
+def test_linearity_profile_and_cka_gram_form():
+    from tg_utils.metrics.similarity import linearity_profile
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((4, 60, 5))
+    X[2] = np.tanh(X[1]) + 0.05 * X[2]
+    assert np.allclose(linearity_profile(X), consecutive(X, linearity))
+    assert np.allclose(linearity_profile(X, residual=True), consecutive(X, linearity, residual=True))
+    A, B = rng.standard_normal((10, 20)), rng.standard_normal((10, 30))  # N < d: the Gram form
+    K, L = A @ A.T, B @ B.T
+    H = np.eye(10) - 0.1
+    hsic = lambda K, L: np.trace(K @ H @ L @ H)                       # noqa: E731
+    assert linear_cka(A, B) == pytest.approx(hsic(K, L) / math.sqrt(hsic(K, K) * hsic(L, L)))
+    assert linear_cka(A, 0.5 * A @ rot(20, rng)) == pytest.approx(1.0)

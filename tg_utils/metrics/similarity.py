@@ -31,13 +31,18 @@ def linear_cka(A, B):
     invariant to rotations, isotropic scalings and translations of either cloud. Returns a float or (...)."""
     A, B, lead = _pair(A, B, "linear_cka")
     A, B = _centre(A), _centre(B)
-    ab = np.einsum("cna,cnb->cab", A, B)
-    aa = np.einsum("cna,cnb->cab", A, A)
-    bb = np.einsum("cna,cnb->cab", B, B)
-    den = np.linalg.norm(aa, axis=(-2, -1)) * np.linalg.norm(bb, axis=(-2, -1))
+    n, da, db = A.shape[-2], A.shape[-1], B.shape[-1]
+    if n <= max(da, db):                       # the N x N Gram form: <K_c, L_c>_F / (|K_c| |L_c|)
+        K, L = A @ A.transpose(0, 2, 1), B @ B.transpose(0, 2, 1)
+        num = (K * L).sum((-2, -1))
+        den = np.linalg.norm(K, axis=(-2, -1)) * np.linalg.norm(L, axis=(-2, -1))
+    else:
+        At = A.transpose(0, 2, 1)
+        num = ((At @ B) ** 2).sum((-2, -1))
+        den = np.linalg.norm(At @ A, axis=(-2, -1)) * np.linalg.norm(B.transpose(0, 2, 1) @ B, axis=(-2, -1))
     if np.any(den == 0):
         raise ValueError("linear_cka of a cloud whose tokens are all equal is undefined; leave it out.")
-    return _unbatch((ab ** 2).sum((-2, -1)) / den, lead)
+    return _unbatch(num / den, lead)
 
 
 def _cosine_knn(C: np.ndarray, k: int) -> np.ndarray:
@@ -75,8 +80,8 @@ def linearity(A, B, residual: bool = False):
     (`procrustes_similarity_centered`, the linearity of the residual update; needs d_b = d). 1 for any
     invertible linear map of A (plus translation); close to 0 for unrelated clouds. The fit is exact
     whenever N - 1 <= rank(A) (fewer tokens than dimensions): then the score is trivially 1, so clouds
-    with N <= d are refused. The reference inverts all singular values; we use a least-squares solve with
-    numpy's default cutoff. Returns a float or (...)."""
+    with N <= d are refused. The reference inverts all singular values; we keep the
+    eigenvalues of A^T A above 1e-12 of the largest (singular values above 1e-6). Returns a float or (...)."""
     A, B, lead = _pair(A, B, "linearity")
     n, d = A.shape[-2:]
     if n <= d + 1:
@@ -89,14 +94,55 @@ def linearity(A, B, residual: bool = False):
         B = B - A
     out = np.empty(len(A))
     for c in range(len(A)):
-        a, b = _centre(A[c]), _centre(B[c])
-        na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        if na == 0 or nb == 0:
-            raise ValueError("linearity of a cloud whose tokens are all equal is undefined.")
-        a, b = a / na, b / nb
-        T = np.linalg.lstsq(a, b, rcond=None)[0]
-        out[c] = 1.0 - ((a @ T - b) ** 2).sum()
+        a, b = _unit_frobenius(A[c]), _unit_frobenius(B[c])
+        out[c] = _explained(_gram_eigen(a), a.T @ b)
     return _unbatch(out, lead)
+
+
+def _unit_frobenius(x: np.ndarray) -> np.ndarray:
+    x = _centre(x)
+    nx = np.linalg.norm(x)
+    if nx == 0:
+        raise ValueError("linearity of a cloud whose tokens are all equal is undefined.")
+    return x / nx
+
+
+def _gram_eigen(a: np.ndarray):
+    """Eigenpairs of a^T a kept for the least-squares fit: eigenvalues above 1e-12 of the largest
+    (singular values above 1e-6 of the largest)."""
+    lam, V = np.linalg.eigh(a.T @ a)
+    keep = lam > lam[-1] * 1e-12
+    return lam[keep], V[:, keep]
+
+
+def _explained(eig, atb: np.ndarray) -> float:
+    """1 - ||a T - b||^2 for the least-squares T and unit-norm b: ||P_a b||^2 =
+    ||diag(lam)^(-1/2) V^T a^T b||_F^2 (the projection of b onto a's column space)."""
+    lam, V = eig
+    m = V.T @ atb
+    return float((m ** 2 / lam[:, None]).sum())
+
+
+def linearity_profile(X, residual: bool = False) -> np.ndarray:
+    """`linearity` of each pair of consecutive layers of one stack X (L, N, d) (e.g. the tokens of all
+    prompts pooled at each layer): float64 (L - 1,), each layer's Gram eigenpairs computed once."""
+    C, lead = _clouds(X)
+    if len(lead) != 1 or lead[0] < 2:
+        raise ValueError(f"linearity_profile needs one stack (L, N, d) of L >= 2 layers, got {tuple(X.shape)}.")
+    n, d = C.shape[-2:]
+    if n <= d + 1:
+        raise ValueError(f"linearity needs more tokens than dimensions (N = {n}, d = {d}); pool more tokens.")
+    C = _to_numpy(_f64(C))
+    out = np.empty(len(C) - 1)
+    a = _unit_frobenius(C[0])
+    eig = _gram_eigen(a)
+    for l in range(len(C) - 1):
+        b = _unit_frobenius(C[l + 1] - C[l] if residual else C[l + 1])
+        out[l] = _explained(eig, a.T @ b)
+        if l + 1 < len(C) - 1:
+            a = _unit_frobenius(C[l + 1])
+            eig = _gram_eigen(a)
+    return out
 
 
 def anisotropy(X, centre: bool = True):
