@@ -14,7 +14,14 @@ METRIC_LABELS = {"cos_full": "mean cosine similarity (diagonal incl.)",
                  "id": "intrinsic dimension (GRIDE, n1=1)", "chi_1": "neighbourhood overlap chi_1 (l, l+1)",
                  "loss": "next-token loss (nats)",
                  "nn_sim": "nn_sim: cos(x - nn1, x - nn2), mean over tokens",
-                 "nn_angle": "angle(x - nn1, x - nn2), degrees, mean over tokens"}
+                 "nn_angle": "angle(x - nn1, x - nn2), degrees, mean over tokens",
+                 "entropy": "prompt entropy (matrix, / min(ln N, ln d))",
+                 "curvature": "token-trajectory curvature (rad)",
+                 "anisotropy": "anisotropy (top variance share)",
+                 "cka_next": "linear CKA (l, l+1)",
+                 "depth_curvature": "curvature through depth (rad)",
+                 "linearity": "linearity l -> l+1 (pooled tokens)",
+                 "linearity_residual": "linearity of the update l -> l+1 (pooled)"}
 
 
 def model_keys(df: pd.DataFrame) -> list[tuple[str, str]]:
