@@ -160,3 +160,18 @@ def test_layer_measures_in_the_table(tmp_path, tiny_lm):
     mean_s1 = full[full.metric == "id_s1"].groupby("layer").value.mean()
     one = auto[auto.n1 == 1]
     np.testing.assert_allclose(one.id_auto.to_numpy(), mean_s1.loc[one.layer].to_numpy())
+
+
+def test_cross_layer_similarity_of_a_model_with_itself(tiny_lm):
+    from tg_utils.extract import extract_states
+    from tg_utils.geometry import cross_layer_similarity, profile_layers
+    st = extract_states(tiny_lm, PROMPTS, layers=profile_layers(tiny_lm.desc), positions="all", progress=False)
+    sim = cross_layer_similarity(st, st, "a", "a", k=3)
+    for metric in ("cka", "mutual_knn"):
+        diag = sim[(sim.metric == metric) & (sim.layer_a == sim.layer_b)].value
+        np.testing.assert_allclose(diag, 1.0)
+        assert sim[sim.metric == metric].value.between(0, 1 + 1e-12).all()
+    short = extract_states(tiny_lm, [p[:8] for p in PROMPTS], layers=profile_layers(tiny_lm.desc), positions="all",
+                           progress=False)
+    with pytest.raises(ValueError, match="same tokens"):
+        cross_layer_similarity(st, short, "a", "b")

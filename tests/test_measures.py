@@ -298,3 +298,18 @@ def test_linearity_profile_and_cka_gram_form():
     hsic = lambda K, L: np.trace(K @ H @ L @ H)                       # noqa: E731
     assert linear_cka(A, B) == pytest.approx(hsic(K, L) / math.sqrt(hsic(K, K) * hsic(L, L)))
     assert linear_cka(A, 0.5 * A @ rot(20, rng)) == pytest.approx(1.0)
+
+
+def test_layer_by_layer_matrices():
+    from tg_utils.metrics.similarity import cka_matrix, mutual_knn_matrix
+    rng = np.random.default_rng(12)
+    XA = rng.standard_normal((3, 15, 6))
+    XB = np.stack([2 * XA[1] @ rot(6, rng), rng.standard_normal((15, 6)), np.tanh(XA[0])])
+    C = cka_matrix(XA, XB)
+    assert C.shape == (3, 3) and C[1, 0] == pytest.approx(1.0)
+    assert np.allclose(C, [[linear_cka(a, b) for b in XB] for a in XA])
+    K = mutual_knn_matrix(XA, XB, k=4)
+    assert K[1, 0] == pytest.approx(1.0)
+    assert np.allclose(K, [[mutual_knn(a, b, k=4) for b in XB] for a in XA])
+    with pytest.raises(ValueError, match="same N"):
+        cka_matrix(XA, XB[:, :10])

@@ -34,7 +34,7 @@ from .models import ModelSpec, load_model
 from .paths import OutputDirs
 from .metrics.gride_scale import gride_auto_scale
 from .metrics.layerwise import layer_measures
-from .metrics.similarity import linearity_profile
+from .metrics.similarity import cka_matrix, linearity_profile, mutual_knn_matrix
 from .metrics.stats import mean_ci
 from .store import cache_key, cached_table
 
@@ -219,3 +219,28 @@ def id_auto_scale(df: pd.DataFrame) -> pd.DataFrame:
     s = gride_auto_scale(curve.to_numpy(), np.asarray(curve.columns))
     return curve.index.to_frame(index=False).assign(id_auto=s.id, n1=s.n1, n1_low=s.n1_low,
                                                     n1_high=s.n1_high, spread=s.spread)
+
+
+def cross_layer_similarity(states_a, states_b, name_a: str, name_b: str, k: int = 10,
+                           skip_first: int = 0) -> pd.DataFrame:
+    """Linear CKA and mutual k-NN (k neighbours) of every layer of model A with every layer of model B on
+    the same prompts and tokens (one tokenizer: toy runs, checkpoints of one model), each the mean over
+    prompts. states_a, states_b: the profile states (tg_utils.extract.States) of the same prompt set.
+    Rows: a, b, layer_a, layer_b, relative depths depth_a, depth_b, metric ('cka' / 'mutual_knn'), value."""
+    if len(states_a.states) != len(states_b.states):
+        raise ValueError(f"{name_a} and {name_b} hold different prompt sets ({len(states_a.states)} and "
+                         f"{len(states_b.states)} prompts); compare models on one prompt set.")
+    total = {"cka": 0.0, "mutual_knn": 0.0}
+    for Xa, Xb in zip(states_a.states, states_b.states):
+        if Xa.shape[1] != Xb.shape[1]:
+            raise ValueError(f"{name_a} and {name_b} tokenise a prompt differently ({Xa.shape[1]} and "
+                             f"{Xb.shape[1]} tokens): layer similarity needs the same tokens.")
+        a, b = Xa[:, skip_first:].double(), Xb[:, skip_first:].double()
+        total["cka"] = total["cka"] + cka_matrix(a, b)
+        total["mutual_knn"] = total["mutual_knn"] + mutual_knn_matrix(a, b, k=min(k, a.shape[1] - 1))
+    la, lb = np.meshgrid(np.arange(states_a.states[0].shape[0]), np.arange(states_b.states[0].shape[0]),
+                         indexing="ij")
+    return pd.concat([pd.DataFrame({"a": name_a, "b": name_b, "layer_a": la.ravel(), "layer_b": lb.ravel(),
+                                    "depth_a": la.ravel() / max(la.max(), 1), "depth_b": lb.ravel() / max(lb.max(), 1),
+                                    "metric": m, "value": (v / len(states_a.states)).ravel()})
+                      for m, v in total.items()], ignore_index=True)

@@ -167,3 +167,42 @@ def consecutive(X, fn, **kwargs) -> np.ndarray:
     if X.ndim < 3 or X.shape[-3] < 2:
         raise ValueError(f"consecutive needs a stack of at least 2 layers (..., L, N, d), got {tuple(X.shape)}.")
     return np.asarray(fn(X[..., :-1, :, :], X[..., 1:, :, :], **kwargs), dtype=np.float64)
+
+
+def _unit_grams(X: np.ndarray) -> np.ndarray:
+    """Centred Gram matrices of a stack (L, N, d), each scaled to unit Frobenius norm, flattened (L, N*N)."""
+    Xc = _centre(X)
+    G = (Xc @ Xc.transpose(0, 2, 1)).reshape(len(X), -1)
+    n = np.linalg.norm(G, axis=1, keepdims=True)
+    if np.any(n == 0):
+        raise ValueError("cka_matrix: a layer whose tokens are all equal has no CKA; leave it out.")
+    return G / n
+
+
+def cka_matrix(XA, XB) -> np.ndarray:
+    """Linear CKA of every layer of XA (L_a, N, d_a) with every layer of XB (L_b, N, d_b), the same N
+    tokens (e.g. two models with one tokenizer, or two checkpoints): float64 (L_a, L_b), entry (i, j) =
+    linear_cka(XA[i], XB[j]), as the inner products of the layers' unit-norm centred Gram matrices."""
+    A, B = (_to_numpy(_f64(_clouds(X, name)[0])) for X, name in ((XA, "XA"), (XB, "XB")))
+    if A.ndim != 3 or B.ndim != 3 or A.shape[1] != B.shape[1] or np.ndim(XA) != 3 or np.ndim(XB) != 3:
+        raise ValueError(f"cka_matrix needs two stacks (L, N, d) of the same N tokens, got {np.shape(XA)} "
+                         f"and {np.shape(XB)}.")
+    return _unit_grams(A) @ _unit_grams(B).T
+
+
+def mutual_knn_matrix(XA, XB, k: int = 10) -> np.ndarray:
+    """`mutual_knn` of every layer of XA (L_a, N, d_a) with every layer of XB (L_b, N, d_b), the same N
+    tokens: float64 (L_a, L_b)."""
+    A, B = (_to_numpy(_f64(_clouds(X, name)[0])) for X, name in ((XA, "XA"), (XB, "XB")))
+    if np.ndim(XA) != 3 or np.ndim(XB) != 3 or A.shape[1] != B.shape[1]:
+        raise ValueError(f"mutual_knn_matrix needs two stacks (L, N, d) of the same N tokens, got "
+                         f"{np.shape(XA)} and {np.shape(XB)}.")
+    _check_k(int(k), A.shape[1])
+    n = A.shape[1]
+    masks = []
+    for X in (A, B):
+        m = np.zeros((len(X), n, n), dtype=bool)
+        for l, c in enumerate(X):
+            m[l, np.arange(n)[:, None], _cosine_knn(c, k)] = True
+        masks.append(m.reshape(len(X), -1).astype(np.float64))
+    return masks[0] @ masks[1].T / (n * k)

@@ -126,3 +126,23 @@ def plot_correlation(corr: pd.DataFrame, title: str = ""):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig, df
+
+
+def plot_layer_similarity(sim: pd.DataFrame, metric: str = "cka"):
+    """Layer-by-layer similarity heat maps (notebook 05's layer_similarity): one panel per model pair,
+    layers of A down, layers of B across, colour in [0, 1]."""
+    sub = sim[sim.metric == metric]
+    pairs = list(dict.fromkeys(zip(sub.a, sub.b)))
+    n_cols = min(4, len(pairs))
+    n_rows = -(-len(pairs) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 3.2 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(pairs):]:
+        ax.axis("off")
+    for ax, (a, b) in zip(axes.ravel(), pairs):
+        g = sub[(sub.a == a) & (sub.b == b)].pivot(index="layer_a", columns="layer_b", values="value")
+        im = ax.imshow(g.to_numpy(), vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set(xlabel=f"layer of {b}", ylabel=f"layer of {a}")
+        ax.set_title(f"{a}\nvs {b}", fontsize=8)
+        ax.xaxis.label.set_size(7), ax.yaxis.label.set_size(7)
+    fig.colorbar(im, ax=axes, shrink=0.6, label={"cka": "linear CKA", "mutual_knn": "mutual k-NN (k=10)"}.get(metric, metric))
+    return fig, sub.reset_index(drop=True)
