@@ -213,6 +213,9 @@ def id_auto_scale(df: pd.DataFrame) -> pd.DataFrame:
     prompts, per (model, revision, shuffle_index, layer): the ID there (`id_auto`), the chosen scale `n1`,
     the flat window `n1_low`..`n1_high` and its `spread` (ln ID range)."""
     sub = df[df.metric.str.match(r"^id_s\d+$")]
+    if sub.empty:                        # no GRIDE scale rows (prompts too short for any scale)
+        return pd.DataFrame(columns=["model", "revision", "shuffle_index", "layer", "id_auto", "n1", "n1_low",
+                                     "n1_high", "spread"])
     curve = (sub.assign(n1=sub.metric.str[4:].astype(int))
              .groupby(["model", "revision", "shuffle_index", "layer", "n1"]).value.mean().unstack("n1"))
     curve = curve[sorted(curve.columns)]
