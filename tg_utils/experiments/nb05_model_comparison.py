@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..data.corpus import load_corpus
-from ..geometry import cross_layer_similarity, profile_states, profile_summary
+from ..geometry import cross_layer_similarity, id_auto_scale, profile_states, profile_summary
 from ..models import ModelSpec
 from ..models.spec import table_label
 from ..plots.style import model_keys, with_labels
@@ -72,6 +72,7 @@ class ComparisonRun:
     corr: pd.DataFrame              # ID-loss correlation across prompts per model and layer
     table: pd.DataFrame             # one summary row per model (comparison_summary)
     similarity: pd.DataFrame = field(default_factory=pd.DataFrame)   # layer_similarity of the toy pairs
+    id_auto: pd.DataFrame = field(default_factory=pd.DataFrame)      # the automatic GRIDE scale per layer
 
     @property
     def trained_corr(self) -> pd.DataFrame:
@@ -98,7 +99,7 @@ def run(P, progress: bool = True) -> ComparisonRun:
     long, info, toy_states = comparison_tables(P, corpus, progress)
     summary = with_labels(profile_summary(long, PROFILE_METRICS, n_boot=P.n_boot, seed=P.seed))
     return ComparisonRun(long, info, summary, id_loss_correlation(long), comparison_summary(long, summary),
-                         layer_similarity(toy_states, P))
+                         layer_similarity(toy_states, P), with_labels(id_auto_scale(long)))
 
 
 def comparison_summary(long: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
