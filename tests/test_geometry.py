@@ -128,3 +128,50 @@ def test_labels_and_profile_figures():
         assert len(tidy)
         plt.close(fig)
     assert np.allclose(np.diag(mats["x (trained)"][0]), 1.0)
+
+
+def test_layer_measures_in_the_table(tmp_path, tiny_lm):
+    """measures=True adds the layer-wise measures per prompt and the pooled linearity (prompt -1), equal
+    to the metrics functions on the same states; the plain table keeps its cache entry and rows."""
+    import torch
+    from tg_utils.extract import extract_states
+    from tg_utils.geometry import MEASURE_METRICS, id_auto_scale, profile_layers
+    from tg_utils.metrics.layerwise import layer_measures
+    from tg_utils.metrics.similarity import linearity_profile
+    plain = table(tmp_path, tiny_lm)
+    full = table(tmp_path, tiny_lm, measures=True)
+    check_long(full)
+    assert len(list((tmp_path / "cache" / "geometry").iterdir())) == 2
+    pd.testing.assert_frame_equal(full[full.metric.isin(plain.metric.unique())].reset_index(drop=True), plain)
+    st = extract_states(tiny_lm, PROMPTS, layers=profile_layers(tiny_lm.desc), positions="all", progress=False)
+    m = layer_measures(st.states[1].double())
+    for name in MEASURE_METRICS:
+        got = full[(full.prompt_id == 1) & (full.metric == name)].sort_values("layer").value.to_numpy()
+        np.testing.assert_allclose(got, getattr(m, name), rtol=1e-6, atol=1e-9, equal_nan=True)
+    pooled = torch.cat(list(st.states), dim=1).double()
+    lin = full[(full.prompt_id == -1) & (full.metric == "linearity")].sort_values("layer").value.to_numpy()
+    if pooled.shape[1] > pooled.shape[2] + 1:
+        np.testing.assert_allclose(lin, linearity_profile(pooled), rtol=1e-6)
+    else:
+        assert np.isnan(lin).all() and len(lin) == pooled.shape[0] - 1
+    auto = id_auto_scale(full)
+    assert len(auto) == full.layer.max() + 1
+    assert ((auto.n1_low <= auto.n1) & (auto.n1 <= auto.n1_high)).all()
+    mean_s1 = full[full.metric == "id_s1"].groupby("layer").value.mean()
+    one = auto[auto.n1 == 1]
+    np.testing.assert_allclose(one.id_auto.to_numpy(), mean_s1.loc[one.layer].to_numpy())
+
+
+def test_cross_layer_similarity_of_a_model_with_itself(tiny_lm):
+    from tg_utils.extract import extract_states
+    from tg_utils.geometry import cross_layer_similarity, profile_layers
+    st = extract_states(tiny_lm, PROMPTS, layers=profile_layers(tiny_lm.desc), positions="all", progress=False)
+    sim = cross_layer_similarity(st, st, "a", "a", k=3)
+    for metric in ("cka", "mutual_knn"):
+        diag = sim[(sim.metric == metric) & (sim.layer_a == sim.layer_b)].value
+        np.testing.assert_allclose(diag, 1.0)
+        assert sim[sim.metric == metric].value.between(0, 1 + 1e-12).all()
+    short = extract_states(tiny_lm, [p[:8] for p in PROMPTS], layers=profile_layers(tiny_lm.desc), positions="all",
+                           progress=False)
+    with pytest.raises(ValueError, match="same tokens"):
+        cross_layer_similarity(st, short, "a", "b")

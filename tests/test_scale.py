@@ -147,7 +147,13 @@ def test_notebooks_02_04_05_hold_one_model_at_a_time(monkeypatch, tracked):
 
     _Tracked.alive = []
     monkeypatch.setattr(nb05, "model_geometry", lambda spec, *a: (_table(spec), _Tracked(spec), _Prompts()))
-    assert len(nb05.comparison_tables(_params("05_model_comparison"), None, progress=False)[1]) == 4
+    monkeypatch.setattr(nb05, "profile_states", lambda lm, *a, **k: lm.spec)     # states, not the model
+    _, info, toy_states = nb05.comparison_tables(_params("05_model_comparison"), None, progress=False)
+    assert len(info) == 4 and set(toy_states) == {"toy:llama-preln@0", "toy:llama-preln", "toy:llama-postln@0",
+                                                  "toy:llama-postln"}
+    assert nb05.similarity_pairs(list(toy_states)) == [      # trained vs random per run, then architectures
+        ("toy:llama-preln", "toy:llama-preln@0"), ("toy:llama-postln", "toy:llama-postln@0"),
+        ("toy:llama-preln", "toy:llama-postln")]
 
     _Tracked.alive = []
     monkeypatch.setattr(nb04, "load_corpus", lambda *a: None)

@@ -12,7 +12,8 @@ import torch
 
 from ..data.corpus import load_corpus
 from ..findings import Finding
-from ..geometry import cosine_matrix, geometry_table, profile_states, profile_summary
+from ..geometry import (MEASURE_METRICS, cosine_matrix, geometry_table, id_auto_scale, profile_states,
+                        profile_summary)
 from ..models import ModelSpec
 from ..models.spec import table_label
 from ..plots.style import RANDOM, with_labels
@@ -20,6 +21,7 @@ from .nb02_extract_states import free_memory, load, model_specs, prompts_for
 
 NB = "03_geometry_metrics"
 PROFILE_METRICS = ("cos_full", "cos_offdiag", "id", "chi_1")
+LAYER_MEASURES = MEASURE_METRICS + ("linearity", "linearity_residual")
 # toy runs compared (trained): PreLN - PostLN in each family, then LLaMA-style - standard at each norm
 ARCH_PAIRS = [("llama-preln", "llama-postln"), ("standard-preln", "standard-postln"),
               ("llama-preln", "standard-preln"), ("llama-postln", "standard-postln")]
@@ -27,11 +29,12 @@ ARCH_PAIRS = [("llama-preln", "llama-postln"), ("standard-preln", "standard-post
 
 def model_geometry(spec: str, P, corpus, progress: bool = True):
     """The long geometry table of one model on its prompt set (PromptParams fields of P, plus
-    range_max and k_max). Returns (table, lm, prompts)."""
+    range_max, k_max and layer_measures). Returns (table, lm, prompts)."""
     lm = load(spec, P)
     prompts = prompts_for(spec, lm, P, corpus)
     df = geometry_table(spec, prompts.ids, P.out_dir, range_max=P.range_max, k_max=P.k_max,
-                        batch_size=P.batch_size, skip_first=1 if prompts.bos else 0, progress=progress, lm=lm)
+                        batch_size=P.batch_size, skip_first=1 if prompts.bos else 0, progress=progress, lm=lm,
+                        measures=P.layer_measures)
     return df, lm, prompts
 
 
@@ -47,6 +50,8 @@ class GeometryRun:
     long: pd.DataFrame              # the long table of every model (geometry_long)
     summary: pd.DataFrame           # mean and bootstrap interval per (model, metric, layer), with labels
     heatmaps: dict                  # label -> {layer: cosine matrix} of every trained model (see heatmaps)
+    measures: pd.DataFrame          # the layer-wise measures' summary (empty without layer_measures)
+    id_auto: pd.DataFrame           # the automatic GRIDE scale per (model, layer), with labels
 
     @property
     def trained_specs(self) -> list[str]:
@@ -71,7 +76,9 @@ def run(P, progress: bool = True) -> GeometryRun:
         free_memory()
     long = pd.concat(tables, ignore_index=True)
     summary = with_labels(profile_summary(long, PROFILE_METRICS, n_boot=P.n_boot, seed=P.seed))
-    return GeometryRun(specs, long, summary, maps)
+    measures = (with_labels(profile_summary(long, LAYER_MEASURES, n_boot=P.n_boot, seed=P.seed))
+                if P.layer_measures else pd.DataFrame())
+    return GeometryRun(specs, long, summary, maps, measures, with_labels(id_auto_scale(long)))
 
 
 def heatmap_matrices(lm, prompts, P, rel_layers: Sequence[float], prompt: int, n_tokens: int) -> dict[int, np.ndarray]:

@@ -5,18 +5,19 @@ nb05_findings builds the findings. The original's procedures (token_geometry src
 peak over the blocks' outputs, chi_1 over the pairs (1, 2) .. (L-1, L); the all-layers peak is our addition, labelled so."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..data.corpus import load_corpus
-from ..geometry import profile_summary
+from ..geometry import cross_layer_similarity, id_auto_scale, profile_states, profile_summary
+from ..models import ModelSpec
 from ..models.spec import table_label
 from ..plots.style import model_keys, with_labels
 from .nb02_extract_states import free_memory, model_specs
-from .nb03_geometry_metrics import model_geometry
+from .nb03_geometry_metrics import ARCH_PAIRS, model_geometry
 from .nb04_shuffle_experiment import (PAPER_MIN_LAYER, PROFILE_METRICS, band_mean, chi_range, correlation_long,
                                       id_loss_correlation, long_form, peaks, summary_long)
 from .nb04_shuffle_experiment import paper_view  # noqa: F401  (notebook 05's figures: the original's layers)
@@ -24,11 +25,12 @@ from .nb04_shuffle_experiment import paper_view  # noqa: F401  (notebook 05's fi
 NB = "05_model_comparison"
 
 
-def comparison_tables(P, corpus, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def comparison_tables(P, corpus, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The long geometry table of every model of notebook 05 (toy runs, random initialisation then trained,
-    then the models) on the structured prompts (the cache entries of notebooks 02 and 03) and one row per
-    model describing it (kind, layers, prompts, BOS)."""
-    tables, info = [], []
+    then the models) on the structured prompts (the cache entries of notebooks 02 and 03), one row per
+    model describing it (kind, layers, prompts, BOS), and the toy runs' states by spec (they share a
+    tokenizer: layer_similarity compares them token by token; empty without layer_measures)."""
+    tables, info, toy_states = [], [], {}
     for spec in model_specs(P):
         df, lm, prompts = model_geometry(spec, P, corpus, progress)
         tables.append(df)
@@ -36,9 +38,29 @@ def comparison_tables(P, corpus, progress: bool = True) -> tuple[pd.DataFrame, p
                      "n_layers": lm.desc.n_layers, "d_model": lm.desc.d_model, "n_prompts": len(prompts),
                      "positions": len(prompts.ids[0]), "bos_dropped": bool(prompts.bos),
                      "quantized_from": lm.desc.quantized_from or ""})
+        if P.layer_measures and ModelSpec.parse(spec).kind == "toy":
+            toy_states[spec] = profile_states(lm, prompts.ids, P.out_dir, P.batch_size, progress=False)
         del lm                               # one model in memory at a time
         free_memory()
-    return pd.concat(tables, ignore_index=True), pd.DataFrame(info)
+    return pd.concat(tables, ignore_index=True), pd.DataFrame(info), toy_states
+
+
+def similarity_pairs(specs) -> list[tuple[str, str]]:
+    """The toy pairs whose layers are compared: each trained run with its random initialisation (what
+    training changed, layer by layer), then notebook 03's architecture pairs (trained)."""
+    trained = {ModelSpec.parse(s).name: s for s in specs if ModelSpec.parse(s).step is None}
+    random_ = {ModelSpec.parse(s).name: s for s in specs if ModelSpec.parse(s).step == 0}
+    pairs = [(trained[r], random_[r]) for r in trained if r in random_]
+    return pairs + [(trained[a], trained[b]) for a, b in ARCH_PAIRS if a in trained and b in trained]
+
+
+def layer_similarity(toy_states: dict, P) -> pd.DataFrame:
+    """Linear CKA and mutual k-NN of every layer pair of each pair of similarity_pairs, mean over prompts."""
+    frames = []
+    for a, b in similarity_pairs(list(toy_states)):
+        la, lb = (table_label(*ModelSpec.parse(s).table_key(P.out_dir)) for s in (a, b))
+        frames.append(cross_layer_similarity(toy_states[a], toy_states[b], la, lb))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,8 @@ class ComparisonRun:
     summary: pd.DataFrame           # mean and bootstrap interval per (model, metric, layer), with labels
     corr: pd.DataFrame              # ID-loss correlation across prompts per model and layer
     table: pd.DataFrame             # one summary row per model (comparison_summary)
+    similarity: pd.DataFrame = field(default_factory=pd.DataFrame)   # layer_similarity of the toy pairs
+    id_auto: pd.DataFrame = field(default_factory=pd.DataFrame)      # the automatic GRIDE scale per layer
 
     @property
     def trained_corr(self) -> pd.DataFrame:
@@ -71,9 +95,10 @@ def run(P, progress: bool = True) -> ComparisonRun:
     """Notebook 05: every model's table (mostly cache reads), summary, correlation and summary table."""
     torch.manual_seed(P.seed)
     corpus = load_corpus(P.corpus, P.corpus_path)
-    long, info = comparison_tables(P, corpus, progress)
+    long, info, toy_states = comparison_tables(P, corpus, progress)
     summary = with_labels(profile_summary(long, PROFILE_METRICS, n_boot=P.n_boot, seed=P.seed))
-    return ComparisonRun(long, info, summary, id_loss_correlation(long), comparison_summary(long, summary))
+    return ComparisonRun(long, info, summary, id_loss_correlation(long), comparison_summary(long, summary),
+                         layer_similarity(toy_states, P), with_labels(id_auto_scale(long)))
 
 
 def comparison_summary(long: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:

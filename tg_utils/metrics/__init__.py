@@ -43,7 +43,13 @@ profile     LayerProfile, layer_profile
 stats       bootstrap means with intervals, Pearson correlations
 trajectory  the phase rule of training trajectories (RankMe / alpha-ReQ curves -> phases)
 word_states token convergence and context perturbation per bucket of words
-            (stats, trajectory, word_states are not re-exported: import the module)
+information Layer by Layer's matrix (prompt, dataset) entropies and token-trajectory curvature;
+            our depth curvature
+similarity  linear CKA, mutual k-NN alignment, LLM-Microscope's linearity, anisotropy
+lens        logit-lens entropy and surprisal of states (final norm and unembedding given)
+gride_scale the automatic GRIDE scale (the first flat window of the ID-vs-scale curve)
+            (stats, trajectory, word_states, information, similarity, lens, gride_scale are not
+            re-exported: import the module)
 The functions `knn` and `gride` shadow their modules as attributes of this package; import a
 module's private helpers with `from tg_utils.metrics.knn import ...` (which reads sys.modules).
 """

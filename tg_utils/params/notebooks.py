@@ -170,6 +170,7 @@ class GeometryParams(PromptParams):
     range_max: int = 256
     k_max: int = 31
     n_boot: int = 1000
+    layer_measures: bool = True          # entropy, curvature, anisotropy, CKA, linearity (docs/METRICS.md)
 
     def check(self) -> None:
         super().check()
@@ -238,6 +239,7 @@ class ComparisonParams(PromptParams):
     range_max: int = 256
     k_max: int = 31
     n_boot: int = 1000
+    layer_measures: bool = True          # as notebook 03 (the same cached tables)
 
     def check(self) -> None:
         super().check()

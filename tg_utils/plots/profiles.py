@@ -130,3 +130,23 @@ def plot_correlation(corr: pd.DataFrame, title: str = ""):
            ylabel="Pearson r (ID, loss) across prompts", title=title)
     outside_legend(fig, [ax])
     return fig, df
+
+
+def plot_layer_similarity(sim: pd.DataFrame, metric: str = "cka"):
+    """Layer-by-layer similarity heat maps (notebook 05's layer_similarity): one panel per model pair,
+    layers of A down, layers of B across, colour in [0, 1]."""
+    sub = sim[sim.metric == metric]
+    pairs = list(dict.fromkeys(zip(sub.a, sub.b)))
+    n_cols = min(4, len(pairs))
+    n_rows = -(-len(pairs) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 3.4 * n_rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel()[len(pairs):]:
+        ax.axis("off")
+    for ax, (a, b) in zip(axes.ravel(), pairs):
+        g = sub[(sub.a == a) & (sub.b == b)].pivot(index="layer_a", columns="layer_b", values="value")
+        im = ax.imshow(g.to_numpy(), vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set(xlabel="layer of B", ylabel="layer of A", xticks=range(g.shape[1]), yticks=range(g.shape[0]))
+        ax.set_title(f"A: {a}\nB: {b}", fontsize=8)
+    fig.colorbar(im, ax=axes, shrink=0.6, label={"cka": "linear CKA", "mutual_knn": "mutual k-NN (k=10)"}.get(metric, metric))
+    return fig, sub.reset_index(drop=True)

@@ -16,7 +16,14 @@ METRIC_LABELS = {"cos_full": "mean cosine similarity (diagonal incl.)",
                  "id": "intrinsic dimension (GRIDE, n1=1)", "chi_1": "neighbourhood overlap chi_1 (l, l+1)",
                  "loss": "next-token loss (nats)",
                  "nn_sim": "nn_sim: cos(x - nn1, x - nn2), mean over tokens",
-                 "nn_angle": "angle(x - nn1, x - nn2), degrees, mean over tokens"}
+                 "nn_angle": "angle(x - nn1, x - nn2), degrees, mean over tokens",
+                 "entropy": "prompt entropy (matrix, / min(ln N, ln d))",
+                 "curvature": "token-trajectory curvature (rad)",
+                 "anisotropy": "anisotropy (top variance share)",
+                 "cka_next": "linear CKA (l, l+1)",
+                 "depth_curvature": "curvature through depth (rad)",
+                 "linearity": "linearity l -> l+1 (pooled tokens)",
+                 "linearity_residual": "linearity of the update l -> l+1 (pooled)"}
 # Distinct colours for many lines (tokens, models): Kelly's colours of maximum contrast, without white, black
 # and grey (the background of the UMAP figures), the strongest first; tab20's pairs of near-equal hues are not
 # told apart once more than ten lines share a panel.
