@@ -1,7 +1,6 @@
 """Interactive figure pages (plots.interactive, figures.save_figure(page=...)): valid HTML that loads the one
 shared plotly.js by a relative path, holding exactly the numbers of the figure's CSV (read back from the
 page's JSON), linked from the gallery; and the static-figure fixes (legend outside, layer 0 clipped, panel grid)."""
-import json
 from html.parser import HTMLParser
 from pathlib import Path
 
