@@ -7,7 +7,7 @@ tolerances of tg_utils.compare (TOY, TOY_DEFAULT).
 Needs a finished default run in --out whose notebook 01 trained the seed runs (`seeds: [0, 1, 2]`,
 `seed_runs`: <run>-seed<k> folders under <out>/checkpoints). For every other seed k it re-runs the chosen
 notebooks with the default profile, each toy run replaced by its seed-k twin (runs without one are left out;
-pretrained models stay as they are), into <work>/seed<k>/figures, reusing the activation caches of --out.
+pretrained models stay as they are, except in notebook 04, which then runs its toy alone), into <work>/seed<k>/figures, reusing the activation caches of --out.
 Then, for every figure table, it compares the toy rows with the seed-0 rows of --figures (labels with the
 '-seed<k>' suffix taken off) and prints, per table, the largest |seed k - seed 0| over rows and value columns
 as a share of the column's largest |seed 0| value (the `scale` term of compare.Tolerance), with the column
@@ -41,8 +41,8 @@ def seed_params(nb: str, base: dict, seed: int, out: Path) -> dict | None:
         swapped = {m: f"toy:{twin(m[4:])}" for m in toys if twin(m[4:])}
         if not swapped:
             return None
-        p["models"] = [swapped.get(m, m) for m in p["models"] if not m.startswith("toy:") or m in swapped]
-        p["n_prompts_by_model"] = {swapped.get(k, k): v for k, v in p.get("n_prompts_by_model", {}).items()}
+        p["models"] = list(swapped.values())       # the pretrained models do not change with the toys' seed
+        p["n_prompts_by_model"] = {swapped[k]: v for k, v in p.get("n_prompts_by_model", {}).items() if k in swapped}
         return p
     runs = [twin(r) for r in p["toy_runs"] if twin(r)]
     if not runs:
