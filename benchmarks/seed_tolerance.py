@@ -7,7 +7,8 @@ tolerances of tg_utils.compare (TOY, TOY_DEFAULT).
 Needs a finished default run in --out whose notebook 01 trained the seed runs (`seeds: [0, 1, 2]`,
 `seed_runs`: <run>-seed<k> folders under <out>/checkpoints). For every other seed k it re-runs the chosen
 notebooks with the default profile, each toy run replaced by its seed-k twin (runs without one are left out;
-pretrained models stay as they are, except in notebook 04, which then runs its toy alone), into <work>/seed<k>/figures, reusing the activation caches of --out.
+pretrained models stay, except in notebook 04, which then runs its toy alone), into <work>/seed<k>/figures,
+reusing the activation caches of --out.
 Then, for every figure table, it compares the toy rows with the seed-0 rows of --figures (labels with the
 '-seed<k>' suffix taken off) and prints, per table, the largest |seed k - seed 0| over rows and value columns
 as a share of the column's largest |seed 0| value (the `scale` term of compare.Tolerance), with the column
