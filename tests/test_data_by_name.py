@@ -222,3 +222,14 @@ def test_paper_check_lists_the_data_sets_by_name_with_sizes(tmp_path, offline_ca
     r2 = preflight.check("paper", only=["04"], out=tmp_path / "out", gpu_memory=140)
     assert "ok          hf:NeelNanda/pile-10k: 10,000 rows (train 10,000), ~33.3 MB; in the hub cache" in \
         "\n".join(r2.lines["data"])
+
+
+def test_token_counts_by_prefix_equal_the_whole_texts_counts(word_tokenizer, tmp_path):
+    # a re-derivation: min(tokens of the whole text, n) for texts below, near and far above n tokens
+    corpus = load_corpus()
+    texts = [a.text[:k] for a in corpus.test for k in (200, 360, 400, 440, 600, 20000)]
+    arts = [Article(str(i), t) for i, t in enumerate(texts)]
+    whole = [min(len(word_tokenizer(t, add_special_tokens=False)["input_ids"]), 256) for t in texts]
+    got = S.token_counts(arts, word_tokenizer, 256, progress=False, cache_dir=str(tmp_path))
+    assert got.tolist() == whole
+    assert 0 < (got < 256).sum() < len(texts)                            # both sides of the threshold occur
