@@ -16,7 +16,8 @@ from ..models.load import load_tokenizer
 class Selection:
     corpus: Corpus                  # the prompt split holds the chosen documents first, then the reserves
     counts: pd.DataFrame            # one row per tokenizer, then "every tokenizer": documents with >= n_tokens
-    chosen: list[int]               # row indices of the chosen documents (the first n_prompts of the order)
+    chosen: list[int]               # row indices of the chosen documents (the first n_prompts of the order;
+                                    # empty for "per_model": each model takes its own)
     not_qualifying: list[int]       # given indices (document_indices) that fail the rule here
 
 
@@ -24,9 +25,9 @@ def select_documents(P, corpus: Corpus, specs: list[str], progress: bool = True)
     """P.documents "common": the documents of P.prompt_split with >= P.n_tokens tokens under the tokenizer of
     every model of P.selection_models (empty: `specs`), ordered by P.document_indices / P.document_draw;
     "per_model": the corpus unchanged."""
-    arts = corpus.split(P.prompt_split)
     if P.documents == "per_model":
-        return Selection(corpus, pd.DataFrame(), list(range(min(P.n_prompts, len(arts)))), [])
+        return Selection(corpus, pd.DataFrame(), [], [])
+    arts = corpus.split(P.prompt_split)
     names = list(dict.fromkeys(P.selection_models or specs))
     counts = {s: S.token_counts(arts, load_tokenizer(s, P.out_dir), P.n_tokens, progress) for s in names}
     keep = S.qualifying(counts, P.n_tokens)
