@@ -123,8 +123,13 @@ def _documents(n=1024):
             Article("empty", "")]
 
 
-def test_pile_selection_rule_under_two_tokenizers(tmp_path):
-    docs, toks = _documents(), {"A": _SplitTokenizer("word"), "B": _SplitTokenizer("chunk")}
+def test_pile_selection_rule_under_two_tokenizers(tmp_path, offline_cache):
+    # the documents as a small data set in Pile-10K's format and layout, read by name from the hub cache
+    files = _pile_files(tmp_path / "files", [a.text for a in _documents()])
+    write_snapshot(offline_cache, "NeelNanda/pile-10k", ["main"], files, repo_type="dataset")
+    docs = load_corpus("hf:NeelNanda/pile-10k").train
+    assert [a.text for a in docs] == [a.text for a in _documents()]
+    toks = {"A": _SplitTokenizer("word"), "B": _SplitTokenizer("chunk")}
     counts = {k: S.token_counts(docs, t, 1024, progress=False, cache_dir=str(tmp_path)) for k, t in toks.items()}
     assert counts["A"].tolist() == [1023, 1024, 1024, 1024, 1024, 0]     # min(tokens, 1024), no BOS counted
     assert counts["B"].tolist() == [1023, 1024, 614 + 307, 1024, 1024, 0]
