@@ -238,3 +238,15 @@ def test_token_counts_by_prefix_equal_the_whole_texts_counts(word_tokenizer, tmp
     got = S.token_counts(arts, word_tokenizer, 256, progress=False, cache_dir=str(tmp_path))
     assert got.tolist() == whole
     assert 0 < (got < 256).sum() < len(texts)                            # both sides of the threshold occur
+
+
+def test_rehearsal_stand_ins_of_the_token_evolution_files_are_current_and_read(tmp_path):
+    from tg_utils.rehearsal import TE_STAND_INS, write_token_evolution_stand_ins
+    from tg_utils.paths import resolve
+    for new in write_token_evolution_stand_ins(tmp_path):              # the committed files are the function's
+        assert new.read_bytes() == (resolve(TE_STAND_INS) / new.name).read_bytes(), new.name
+    words = read_word_list(f"{TE_STAND_INS}/words_list.json")
+    assert len(words) == 2000 and words[:3] == ["the", "and", "that"]
+    cand = load_contexts(f"{TE_STAND_INS}/multitoken_words_contexts.json")
+    assert len(cand["contexts"]) == 300 and all(len(c) == 5 for c in cand["contexts"].values())
+    assert set(cand["contexts"]) < set(cand["lexicon"])                 # swap partners beyond the words

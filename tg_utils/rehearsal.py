@@ -84,6 +84,39 @@ def write_data_stand_ins(cache: Path) -> None:
         write_snapshot(cache, f"{ORG}/wikitext", ["main"], Path(tmp), repo_type="dataset")
 
 
+TE_STAND_INS = "data/rehearsal"      # Token Representation Evolution's two files in their formats (stand-ins)
+
+
+def write_token_evolution_stand_ins(folder: str | Path = TE_STAND_INS, n_words: int = 2000,
+                                    n_context_words: int = 300) -> list[Path]:
+    """Stand-ins of words_list.json ({word: frequency}: the first n_words of data/frequent_words.txt, a
+    made-up falling frequency) and multitoken_words_contexts.json ({word: {"sentences", "token_split",
+    "replaced_sentences"}}: n_context_words words of data/contexts.json with 5 contexts, the first one's
+    last word replaced by up to 5 lexicon words of the same last three letters), committed under
+    data/rehearsal/ for the rehearsal profile (deterministic: tests/test_data_by_name.py rewrites them)."""
+    folder = resolve(folder)
+    words = [w for w in resolve("data/frequent_words.txt").read_text().split("\n") if w and not w.startswith("#")]
+    cand = json.loads(resolve("data/contexts.json").read_text())
+    long = sorted(w for w, c in cand["contexts"].items() if len(w) >= 9 and len(c) >= 5)
+    chosen = long[::max(1, len(long) // n_context_words)][:n_context_words]
+    by_end: dict[str, list[str]] = {}
+    for w in cand["lexicon"]:
+        by_end.setdefault(w[-3:], []).append(w)
+    contexts = {}
+    for w in chosen:
+        sents = cand["contexts"][w][:5]
+        others = [o for o in by_end.get(w[-3:], []) if o != w][:5]
+        contexts[w] = {"sentences": sents, "token_split": 0,
+                       "replaced_sentences": [sents[0][:-len(w)] + o for o in others]}
+    out = [folder / "words_list.json", folder / "multitoken_words_contexts.json"]
+    write_text_atomic(out[0], json.dumps({w: 10 * (n_words - i) for i, w in enumerate(words[:n_words])},
+                                         indent=0) + "\n")
+    write_text_atomic(out[1], json.dumps(contexts, indent=1, ensure_ascii=False) + "\n")
+    for f in out:
+        f.chmod(0o644)
+    return out
+
+
 def train_tokenizer(bos: bool) -> Tokenizer:
     """A 1k byte-level BPE on the word list (deterministic). bos: '<s>' is prepended to every encoding
     (Llama / Mistral); else GPT-NeoX conventions ('<|endoftext|>' only, nothing added)."""
