@@ -75,7 +75,8 @@ def test_paper_preflight_offline_is_fast_and_names_what_is_missing(tmp_path, mon
                  "EleutherAI/pythia-160m", "gpt2"):
         assert any(p.startswith(repo) and "must be downloaded" in p for p in r.problems), repo
     assert "pythia-160m (20 revisions: step0, step1, step2 ... step143000)" in text
-    assert any("wikitext-2-raw-v1: missing" in p for p in r.problems)
+    for name in ("hf:Salesforce/wikitext:wikitext-2-raw-v1", "hf:NeelNanda/pile-10k"):   # data sets by name
+        assert any(p.startswith(f"data set {name}: not in the hub cache; --download") for p in r.problems), name
     assert "not checked: HF_HUB_OFFLINE=1: meta-llama/Meta-Llama-3-8B (gated on the hub)" in text
     assert "Traceback" not in text and text.count("not checked") == 1
     assert "size unknown" not in text                  # every paper model's size is known without a download

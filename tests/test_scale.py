@@ -122,7 +122,7 @@ def _params(nb, **kw):
 
 def test_notebook_03_holds_one_model_at_a_time(monkeypatch, tracked):
     from tg_utils.experiments import nb03_geometry_metrics as nb03
-    monkeypatch.setattr(nb03, "load_corpus", lambda *a: None)
+    monkeypatch.setattr(nb03, "prompt_corpus", lambda *a: None)
     monkeypatch.setattr(nb03, "load", lambda spec, P: _Tracked(spec))
     monkeypatch.setattr(nb03, "prompts_for", lambda *a: _Prompts())
     monkeypatch.setattr(nb03, "geometry_table", _table)
@@ -156,7 +156,7 @@ def test_notebooks_02_04_05_hold_one_model_at_a_time(monkeypatch, tracked):
         ("toy:llama-preln", "toy:llama-postln")]
 
     _Tracked.alive = []
-    monkeypatch.setattr(nb04, "load_corpus", lambda *a: None)
+    monkeypatch.setattr(nb04, "prompt_corpus", lambda *a: None)
     monkeypatch.setattr(nb04, "load", lambda spec, P: _Tracked(spec))
     monkeypatch.setattr(nb04, "build_shuffle_prompts", lambda lm, *a: ShufflePrompts(
         lm.spec, 4, False, _Prompts.ids, ["a"] * 3, 1, [0], 0))

@@ -146,16 +146,17 @@ def download_wikitext(folder: Path) -> None:
                       local_dir=str(folder.parent))
 
 
-def write_snapshot(cache: Path, repo: str, revisions: list[str], files: Path) -> str:
-    """Put the files of folder `files` into the cache as one snapshot of `repo` that every name in
-    `revisions` resolves to (refs/<revision>); returns its commit hash (sha1 of the files' hashes, so the
-    same files give the same commit). Blobs are named by sha256 and linked from the snapshot."""
-    root = repo_folder(cache, repo)
+def write_snapshot(cache: Path, repo: str, revisions: list[str], files: Path, repo_type: str = "model") -> str:
+    """Put the files of folder `files` (and its subfolders) into the cache as one snapshot of `repo` (a
+    model, or with repo_type="dataset" a data set: datasets--<org>--<name>) that every name in `revisions`
+    resolves to (refs/<revision>); returns its commit hash (sha1 of the files' hashes, so the same files
+    give the same commit). Blobs are named by sha256 and linked from the snapshot."""
+    root = repo_folder(cache, repo) if repo_type == "model" else cache / f"datasets--{repo.replace('/', '--')}"
     (root / "blobs").mkdir(parents=True, exist_ok=True)
     hashes = {}
-    for f in sorted(files.iterdir()):
+    for f in sorted(files.rglob("*")):
         if f.is_file():
-            hashes[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+            hashes[f.relative_to(files).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
     commit = hashlib.sha1(json.dumps(sorted(hashes.items())).encode()).hexdigest()
     snap = root / "snapshots" / commit
     snap.mkdir(parents=True, exist_ok=True)
@@ -164,8 +165,9 @@ def write_snapshot(cache: Path, repo: str, revisions: list[str], files: Path) ->
         if not blob.exists():
             shutil.copyfile(files / name, blob)
         link = snap / name
+        link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
-            link.symlink_to(os.path.relpath(blob, snap))
+            link.symlink_to(os.path.relpath(blob, link.parent))
     (root / "refs").mkdir(exist_ok=True)
     for rev in revisions:
         (root / "refs" / rev).write_text(commit)

@@ -24,6 +24,8 @@ import torch
 
 from . import estimate as E
 from . import hubcache as H
+from .data import hub_data as HD
+from .data import token_evolution as TE
 from .experiments.nb02_extract_states import model_specs
 from .models.spec import OFFLINE_WHEELS, ModelSpec, ModelSpecError
 from .params import ParameterError, load_profile, params_class
@@ -51,7 +53,8 @@ class Report:
     """The preflight's findings: lines per section, problems, downloads to make, estimates."""
     lines: dict = field(default_factory=lambda: {k: [] for k in ("models", "data", "access", "devices")})
     problems: list = field(default_factory=list)
-    fetch: list = field(default_factory=list)          # ("model", repo, revision) / ("wikitext", folder)
+    fetch: list = field(default_factory=list)          # ("model", repo, revision) / ("wikitext", folder) /
+    #                                                    ("dataset", HubData) / ("file", path)
     estimates: list = field(default_factory=list)
     threads: int = 1                                   # CPU threads the estimate plans for
 
@@ -129,13 +132,37 @@ def _other_model(r: Report, ms: ModelSpec, nbs: list[str], out: Path, trains: se
         r.add("models", f"local       {where}: {ms.folder()}")
 
 
+def _hub_data(r: Report, name: str, path) -> None:
+    """A data set by name: its known size, whether the hub cache (or corpus_path) holds it, the fetch."""
+    hd = HD.HubData.parse(name)
+    k = hd.known
+    size = (f"{sum(k.rows.values()):,} rows ({', '.join(f'{s} {n:,}' for s, n in k.rows.items())}), "
+            f"~{k.download_mb:g} MB" if k else "size unknown")
+    if path:
+        ok = resolve(path).is_dir()
+        where = f"local copy {resolve(path)}"
+    else:
+        ok = HD.cached(hd)
+        where = "in the hub cache" if ok else "not in the hub cache"
+    r.add("data", f"{'ok' if ok else 'MISSING':11s} {hd.name}: {size}; {where}")
+    if not ok and path:
+        r.problems.append(f"corpus_path {resolve(path)}: missing; copy the files of {hd.repo} there or set "
+                          f"corpus_path: null (the hub cache)")
+    elif not ok:
+        r.fetch.append(("dataset", hd))
+        r.problems.append(f"data set {hd.name}: not in the hub cache; --download fetches it"
+                          + (f" (~{k.download_mb:g} MB)" if k else ""))
+
+
 def _data(r: Report, sections: dict[str, object]) -> None:
     seen = set()
     for nb, P in sections.items():
         corpus, path = getattr(P, "corpus", None), getattr(P, "corpus_path", None)
         if corpus is not None and (corpus, path) not in seen:
             seen.add((corpus, path))
-            if corpus == "gensim-wiki":
+            if HD.is_hub_name(corpus):
+                _hub_data(r, corpus, path)
+            elif corpus == "gensim-wiki":
                 ok = importlib.util.find_spec("gensim") is not None
                 r.add("data", f"{'ok' if ok else 'MISSING':11s} corpus gensim-wiki (inside the gensim wheel)",
                       None if ok else "corpus gensim-wiki: gensim is not installed (bash setup_env.sh)")
@@ -153,9 +180,15 @@ def _data(r: Report, sections: dict[str, object]) -> None:
             f = getattr(P, name, None)
             if f and f not in seen:
                 seen.add(f)
-                ok = resolve(f).is_file()
-                r.add("data", f"{'ok' if ok else 'MISSING':11s} {name} {f}",
-                      None if ok else f"{nb}: parameter {name!r}: no file {resolve(f)}")
+                ok, known = resolve(f).is_file(), TE.remote(f)
+                what = f" ({known.size / 1e3:.0f} kB: {known.what})" if known else ""
+                r.add("data", f"{'ok' if ok else 'MISSING':11s} {name} {f}{what}")
+                if not ok and known:
+                    r.fetch.append(("file", known.path))
+                    r.problems.append(f"{nb}: parameter {name!r}: no file {resolve(f)}; --download fetches it "
+                                      f"(or python -m tg_utils.data.token_evolution)")
+                elif not ok:
+                    r.problems.append(f"{nb}: parameter {name!r}: no file {resolve(f)}")
 
 
 def _gpus() -> list[float]:
@@ -222,10 +255,14 @@ def check(profile: str, only: list[str] | None = None, out: str | Path | None = 
         r.add("devices", "cpu only")
     plan_gpu = [gpu_memory] if gpu_memory else gpus
     counted = set()
+    data_gb = {item[1].name: (item[1].known.download_mb / 1e3 if item[1].known else 0.0)
+               for item in r.fetch if item[0] == "dataset"}        # counted in the first notebook reading it
     for nb, P in sections.items():
         specs = nb_specs[nb]
         dl = sum(fetch_gb.get(s, 0.0) for s in specs if s not in counted)
         counted |= set(specs)
+        if HD.is_hub_name(getattr(P, "corpus", None)):
+            dl += data_gb.pop(HD.HubData.parse(P.corpus).name, 0.0)
         sz = {"toy": toy} if nb == "01_train_toy_models" else {s: sizes[s] for s in specs if s in sizes}
         r.estimates.append(E.estimate(nb, P, sz, dl, toy_steps=len(checkpoint_steps(p01.max_steps)),
                                       threads=r.threads))
@@ -286,6 +323,12 @@ def fetch(r: Report, cache: Path) -> list[str]:
             if item[0] == "model":
                 print(f"[preflight] downloading {item[1]}@{item[2] or 'main'} ...", flush=True)
                 H.download(item[1], item[2], cache)
+            elif item[0] == "dataset":
+                print(f"[preflight] downloading {item[1].name} into the hub cache ...", flush=True)
+                HD.locate(item[1], download=True)
+            elif item[0] == "file":
+                print(f"[preflight] downloading {item[1]} ...", flush=True)
+                TE.fetch(item[1])
             else:
                 print(f"[preflight] downloading WikiText-2 into {item[1]} ...", flush=True)
                 H.download_wikitext(item[1])

@@ -17,6 +17,12 @@ Llama-2 (multi-head attention), GPT-2 (tied embeddings, learned positions, Conv1
 step0 ... step8, also named OLMo-style step<N>-tokens<M>M). Gated models are simulated by hubcache.ACCESS_MARKER: the Llama / Mistral
 stand-ins are gated with access granted; tg-rehearsal/tiny-gated is gated, access denied, and cached without
 its weights, so a profile naming it stops at the preflight (tests/test_rehearsal.py).
+
+Data sets (DATA_STAND_INS), in the hub's layouts, read by the paper profile's code path (tg_utils.data.hub_data):
+tg-rehearsal/pile-10k (NeelNanda/pile-10k: data/train-*.parquet, columns text and meta; 60 documents cut from
+the offline corpus to lengths below, near and above the rehearsal's prompt lengths) and tg-rehearsal/wikitext
+(Salesforce/wikitext: wikitext-2-raw-v1/{train,validation,test}-*.parquet of WikiText lines, " = Title = "
+headings, from the offline corpus's splits).
 """
 from __future__ import annotations
 
@@ -28,14 +34,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 
+from .data.corpus import load_corpus
 from .hubcache import ACCESS_MARKER, repo_folder, write_snapshot
 from .paths import resolve, write_text_atomic
 
-REHEARSAL_VERSION = 2             # bump when a stand-in changes: the runner rebuilds the cache
+REHEARSAL_VERSION = 3             # bump when a stand-in changes: the runner rebuilds the cache
 ORG = "tg-rehearsal"
 STEPS = [0, 1, 2, 4, 8]
 SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -51,6 +59,62 @@ STAND_INS = {          # repo -> (architecture, stands in for, options)
     f"{ORG}/tiny-gated": ("llama", "a gated model without access", dict(kv=4, bos=True, gated=True,
                                                                           denied=True)),
 }
+
+
+DATA_STAND_INS = {f"{ORG}/pile-10k": "NeelNanda/pile-10k", f"{ORG}/wikitext": "Salesforce/wikitext"}
+PILE_WORDS = (4, 8, 12, 16, 24, 400)     # words per stand-in document, in turn: below, near and above 16 / 32 tokens
+
+
+def write_data_stand_ins(cache: Path) -> None:
+    """The stand-in data sets (module docstring) as dataset snapshots of the hub cache `cache`."""
+    corpus = load_corpus("gensim-wiki")
+    arts = [a for s in corpus.splits for a in corpus.split(s)]
+    docs = [" ".join(a.text.split()[:PILE_WORDS[i % len(PILE_WORDS)]]) for i, a in enumerate(arts[:60])]
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        (Path(tmp) / "data").mkdir()
+        pd.DataFrame({"text": docs, "meta": [{"pile_set_name": "Wikipedia (en)"}] * len(docs)}).to_parquet(
+            Path(tmp) / "data" / "train-00000-of-00001.parquet")
+        write_snapshot(cache, f"{ORG}/pile-10k", ["main"], Path(tmp), repo_type="dataset")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        (Path(tmp) / "wikitext-2-raw-v1").mkdir()
+        for split in corpus.splits:
+            lines = [ln for a in corpus.split(split) for ln in
+                     [f" = {a.title} = \n", " \n"] + [f" {p.strip()} \n" for p in a.text.split("\n") if p.strip()]]
+            pd.DataFrame({"text": lines}).to_parquet(Path(tmp) / "wikitext-2-raw-v1" / f"{split}-00000-of-00001.parquet")
+        write_snapshot(cache, f"{ORG}/wikitext", ["main"], Path(tmp), repo_type="dataset")
+
+
+TE_STAND_INS = "data/rehearsal"      # Token Representation Evolution's two files in their formats (stand-ins)
+
+
+def write_token_evolution_stand_ins(folder: str | Path = TE_STAND_INS, n_words: int = 2000,
+                                    n_context_words: int = 300) -> list[Path]:
+    """Stand-ins of words_list.json ({word: frequency}: the first n_words of data/frequent_words.txt, a
+    made-up falling frequency) and multitoken_words_contexts.json ({word: {"sentences", "token_split",
+    "replaced_sentences"}}: n_context_words words of data/contexts.json with 5 contexts, the first one's
+    last word replaced by up to 5 lexicon words of the same last three letters), committed under
+    data/rehearsal/ for the rehearsal profile (deterministic: tests/test_data_by_name.py rewrites them)."""
+    folder = resolve(folder)
+    words = [w for w in resolve("data/frequent_words.txt").read_text().split("\n") if w and not w.startswith("#")]
+    cand = json.loads(resolve("data/contexts.json").read_text())
+    long = sorted(w for w, c in cand["contexts"].items() if len(w) >= 9 and len(c) >= 5)
+    chosen = long[::max(1, len(long) // n_context_words)][:n_context_words]
+    by_end: dict[str, list[str]] = {}
+    for w in cand["lexicon"]:
+        by_end.setdefault(w[-3:], []).append(w)
+    contexts = {}
+    for w in chosen:
+        sents = cand["contexts"][w][:5]
+        others = [o for o in by_end.get(w[-3:], []) if o != w][:5]
+        contexts[w] = {"sentences": sents, "token_split": 0,
+                       "replaced_sentences": [sents[0][:-len(w)] + o for o in others]}
+    out = [folder / "words_list.json", folder / "multitoken_words_contexts.json"]
+    write_text_atomic(out[0], json.dumps({w: 10 * (n_words - i) for i, w in enumerate(words[:n_words])},
+                                         indent=0) + "\n")
+    write_text_atomic(out[1], json.dumps(contexts, indent=1, ensure_ascii=False) + "\n")
+    for f in out:
+        f.chmod(0o644)
+    return out
 
 
 def train_tokenizer(bos: bool) -> Tokenizer:
@@ -149,7 +213,9 @@ def make(cache: str | Path, force: bool = False) -> Path:
         if opt.get("gated"):
             (repo_folder(cache, repo) / ACCESS_MARKER).write_text(
                 json.dumps({"gated": True, "access": not opt.get("denied")}) + "\n")
-    write_text_atomic(stamp, json.dumps({"version": REHEARSAL_VERSION, "repos": sorted(STAND_INS)}) + "\n")
+    write_data_stand_ins(cache)
+    write_text_atomic(stamp, json.dumps({"version": REHEARSAL_VERSION, "repos": sorted(STAND_INS),
+                                         "datasets": sorted(DATA_STAND_INS)}) + "\n")
     return cache
 
 

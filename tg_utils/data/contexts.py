@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ..paths import resolve, write_text_atomic
+from . import token_evolution as TE
 from .words import _bos, _default_corpus, _encode, _hash_order, _sha, tokenizer_hash, word_token_ids
 
 CONTEXTS_PATH = "data/contexts.json"
@@ -128,11 +129,16 @@ def write_contexts(path: str | Path = CONTEXTS_PATH, corpus=None, splits: Sequen
 
 
 def load_contexts(path: str | Path = CONTEXTS_PATH) -> dict:
-    """The context candidates written by `write_contexts`."""
+    """The context candidates written by `write_contexts`, or Token Representation Evolution's
+    multitoken_words_contexts.json read as candidates (tg_utils.data.token_evolution)."""
     p = resolve(path)
     if not p.exists():
-        raise FileNotFoundError(f"no contexts at {p}; write them with tg_utils.data.contexts.write_contexts()")
+        how = ("fetch it with `python -m tg_utils.data.token_evolution`" if TE.remote(p) else
+               "write them with tg_utils.data.contexts.write_contexts()")
+        raise FileNotFoundError(f"no contexts at {p}; {how}")
     cand = json.loads(p.read_text())
+    if TE.is_token_evolution_contexts(cand):
+        return TE.as_candidates(cand, p.name)
     if cand.get("format") != CONTEXTS_FORMAT:
         raise ValueError(f"{p} is not a context file of format {CONTEXTS_FORMAT}")
     return cand

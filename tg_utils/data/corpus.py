@@ -9,6 +9,12 @@ Sources (`load_corpus(source, path)`):
     `datasets`; its own splits are kept and articles are cut at the top-level " = Title = " headings.
   - "text": any plain text file; documents are separated by lines holding only <|endoftext|> or by
     two or more blank lines, then split like gensim-wiki.
+  - "hf:<owner>/<name>[:<config>]": a data set by name from the Hugging Face hub (data/hub_data.py: the hub
+    cache, fetched once when missing and the hub can be reached; `path`: a local copy of its files).
+    WikiText configs (hf:Salesforce/wikitext:wikitext-2-raw-v1) are cut into articles as above; any other
+    data set gives one article per row of each split, in row order (titles "<name>#<row>"), the text
+    stripped (as token_geometry tokenises `sequence.strip()`, src/utils.py:22), empty rows kept so that an
+    article's position is its row index (the indices of token_geometry's subset_indices.npy).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import pandas as pd
 
 from ..paths import resolve
 from ..store import cache_key, verified_folder, write_folder
+from . import hub_data as HD
 
 SPLITS = ("train", "validation", "test")
 GENSIM_WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -226,6 +233,8 @@ def _read_text_file(path: Path, min_chars: int) -> list[Article]:
 def load_corpus(source: str = "gensim-wiki", path: str | Path | None = None,
                 fractions=(0.8, 0.1, 0.1), min_chars: int = 200) -> Corpus:
     """Load a corpus split into train/validation/test (see the module docstring for the sources)."""
+    if HD.is_hub_name(source):
+        return load_hub_corpus(source, path)
     if source == "gensim-wiki":
         return Corpus(source, split_by_hash(_read_gensim_wiki(min_chars), fractions))
     if path is None:
@@ -235,4 +244,19 @@ def load_corpus(source: str = "gensim-wiki", path: str | Path | None = None,
         return Corpus(f"wikitext:{path.name}", _read_wikitext(path))
     if source == "text":
         return Corpus(f"text:{path.name}", split_by_hash(_read_text_file(path, min_chars), fractions))
-    raise CorpusError(f"unknown corpus source {source!r}; use 'gensim-wiki', 'wikitext' or 'text'")
+    raise CorpusError(f"unknown corpus source {source!r}; use 'gensim-wiki', 'wikitext', 'text' or a hub data "
+                      f"set hf:<owner>/<name>[:<config>]")
+
+
+def load_hub_corpus(name: str, path: str | Path | None = None) -> Corpus:
+    """A hub data set by name (module docstring); `path`: a folder holding a copy of its files."""
+    try:
+        hd = HD.HubData.parse(name)
+        texts = HD.load_texts(hd, None if path is None else resolve(path))
+    except HD.HubDataError as e:
+        raise CorpusError(str(e)) from None
+    if hd.is_wikitext:
+        return Corpus(hd.name, {s: _wikitext_articles(lines) for s, lines in texts.items()})
+    short = hd.repo.split("/")[-1]
+    return Corpus(hd.name, {s: [Article(f"{short}#{i}", (t or "").strip()) for i, t in enumerate(rows)]
+                            for s, rows in texts.items()})

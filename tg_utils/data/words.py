@@ -42,6 +42,7 @@ import pandas as pd
 
 from ..paths import resolve, write_text_atomic
 from .corpus import load_corpus
+from . import token_evolution as TE
 
 WORD_LIST_PATH = "data/frequent_words.txt"
 DEFAULT_PREFIX = "The word is"
@@ -170,10 +171,15 @@ def write_word_list(path: str | Path = WORD_LIST_PATH, n: int | None = None, min
 
 
 def read_word_list(path: str | Path = WORD_LIST_PATH) -> list[str]:
-    """The words of a word-list file (lines starting with '#' and blank lines skipped)."""
+    """The words of a word-list file (lines starting with '#' and blank lines skipped), or of a JSON word
+    list (Token Representation Evolution's words_list.json, {word: frequency}: tg_utils.data.token_evolution)."""
     p = resolve(path)
     if not p.exists():
-        raise FileNotFoundError(f"no word list at {p}; write it with tg_utils.data.words.write_word_list()")
+        how = ("fetch it with `python -m tg_utils.data.token_evolution`" if TE.remote(p) else
+               "write it with tg_utils.data.words.write_word_list()")
+        raise FileNotFoundError(f"no word list at {p}; {how}")
+    if p.suffix == ".json":
+        return TE.read_words_json(p)
     return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 

