@@ -255,23 +255,28 @@ def _heads(n_heads: int, limit: int | None) -> list[int] | None:
     return None if limit is None or limit >= n_heads else list(range(limit))
 
 
-def analyse_model(lm, P, nouns: Sequence[str]) -> ModelReport:
+def analyse_model(lm, P, nouns: Sequence[str], progress: bool = False) -> ModelReport:
     """Run every probe of notebook 07 on one loaded model with the notebook's parameters ``P`` (see
-    ``params.notebooks.AttentionGeometryParams`` for the fields)."""
+    ``params.notebooks.AttentionGeometryParams`` for the fields); ``progress``: a bar over its stages."""
     desc, tok = lm.desc, lm.tokenizer
     if not desc.is_decoder or desc.W_U is None:
         raise ValueError(f"{desc.spec}: notebook 07 probes decoder language models (it needs an unembedding)")
     times = {}
     t0 = time.perf_counter()
     layers = blocks_to_probe(desc.n_layers, P.depths, P.blocks)
+    bar = tqdm(total=len(layers) + 4, desc=desc.spec, unit="stage", disable=not progress, leave=False)
+    bar.set_postfix_str("embedding norms")
     norm_tokens, norm_stats = embedding_norm_table(desc, tok, P.top_k)
     norm_points = norm_points_table(desc, norm_tokens, tok, seed=P.seed)
     distances, why_no_distances = layernorm_distance_frame(desc)
     times["embedding_norms"] = time.perf_counter() - t0
+    bar.update()
+    bar.set_postfix_str("coverage")
 
     t0 = time.perf_counter()
     coverage, curves = coverage_tables(desc, P.coverage_level, P.coverage_of)
     times["coverage"] = time.perf_counter() - t0
+    bar.update()
 
     rows = InputNormedRows(desc)
     nn_df = noun_table(tok, nouns, P.noun_prefix)
@@ -279,18 +284,25 @@ def analyse_model(lm, P, nouns: Sequence[str]) -> ModelReport:
     dirs, ell = [], []
     t0 = time.perf_counter()
     for l in layers:
+        bar.set_postfix_str(f"directions and ellipse, block {l}")
         dl, el = layer_probe(desc, l, rows.for_layer(l), nn_df, tok, P.n_components, P.top_k, heads,
                              sign_side=P.sign_side, readout=P.ellipse_readout, readout_matrix=P.readout_matrix)
         dirs.append(dl)
         ell.append(el)
+        bar.update()
+    bar.set_postfix_str("bias probes")
     biases, why_no_biases = bias_table(desc, layers, rows, tok, P.top_k)
     times["directions_ellipse_biases"] = time.perf_counter() - t0
     del rows
+    bar.update()
+    bar.set_postfix_str("UMAP trajectory")
 
     t0 = time.perf_counter()
     traj = trajectory_tables(lm, P.phrase, P.out_dir, P.umap_n_fit, P.umap_neighbors, P.umap_epochs, P.seed,
                              rows=P.umap_rows, metric=P.umap_metric, init=P.umap_init)
     times["trajectory"] = time.perf_counter() - t0
+    bar.update()
+    bar.close()
     notes = model_notes(desc) + [n for n in (why_no_distances, why_no_biases) if n]
     return ModelReport(spec=desc.spec, label=ModelSpec.parse(desc.spec).short_name, summary=desc.summary(),
                        layers=layers, notes=notes, norm_tokens=norm_tokens, norm_stats=norm_stats,
@@ -314,7 +326,7 @@ def run_models(P, progress: bool = True, verbose: bool = True) -> dict[str, Mode
             t0 = time.perf_counter()
             lm = load_model(spec, dtype=P.model_dtype, device=P.device, out_dir=P.out_dir)
             t_load = time.perf_counter() - t0
-            rep = analyse_model(lm, P, nouns)
+            rep = analyse_model(lm, P, nouns, progress)
             rep = dataclasses.replace(rep, timings={"load": t_load, **rep.timings})
             if where is not None:
                 write_report(*where, rep)
