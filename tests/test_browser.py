@@ -3,7 +3,7 @@ headless Chromium (the system's, driven by Playwright; nothing is downloaded), n
 profile: it opens unmodified with the token-geometry kernel, Run All, then no error and no stderr box, an
 image in every figure cell and the findings rendered as Markdown. Screenshots: outputs/browser-test/
 (or $TG_BROWSER_OUT). Inputs: notebooks 01 and 02 in the smoke profile, from $TG_BROWSER_INPUTS (run_tests.sh
-passes its smoke run's folder) or run here first (about 1.5 minutes)."""
+passes its smoke run's folder) or run here first (a few minutes: the smoke models are converted too)."""
 from __future__ import annotations
 
 import os
@@ -87,7 +87,8 @@ def lab(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.expose_app_in_browser=True"],     # window.jupyterapp: to wait for the kernel's info
         env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(240):
@@ -138,11 +139,14 @@ def test_notebook_03_runs_clean_in_jupyterlab(lab, tmp_path):
                 page.screenshot(path=str(shots / "00_no_kernel.png"))
             assert notebook_files.KERNEL in name.inner_text(), f"kernel shown: {name.inner_text()!r}"
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            # JupyterLab writes the kernel's language_info and kernelspec into the notebook once the kernel's
+            # info and spec arrive (NotebookPanel._updateLanguage / _updateSpec): wait for both, then look
+            page.evaluate("""async () => { const w = window.jupyterapp.shell.currentWidget;
+                await w.sessionContext.ready; const k = w.sessionContext.session.kernel;
+                await k.info; await k.spec; await new Promise(r => setTimeout(r, 1000)); }""")
             tab = page.locator(".lm-TabBar-tab.jp-mod-current", has_text=NB)
-            for _ in range(6):                     # the kernel's info arrives after idle: watch a few seconds
-                assert "jp-mod-dirty" not in tab.get_attribute("class"), \
-                    "JupyterLab marks the notebook modified on open: python -m tg_utils.notebook_files"
-                time.sleep(0.5)
+            assert "jp-mod-dirty" not in tab.get_attribute("class"), \
+                "JupyterLab marks the notebook modified on open: python -m tg_utils.notebook_files"
             page.screenshot(path=str(shots / "01_opened.png"))
 
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
