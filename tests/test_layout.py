@@ -18,7 +18,7 @@ LAYERS = [
     ("extract", "cache", "toy.train", "toy.runs", "geometry"),
     ("plots",),
     ("experiments", "params", "figures", "findings", "tables", "runner", "compare", "preflight", "estimate", "hubcache",
-     "rehearsal"),
+     "rehearsal", "notebook_files"),
 ]
 # Imported inside functions on purpose (heavy, optional or only needed on one path); each such import
 # carries a comment saying why.

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -498,3 +499,11 @@ def test_report_cache_verified_folders(toy_out, monkeypatch, capsys):
     nouns = X.load_common_nouns(P.nouns_path)
     assert X.report_folder(P, "toy:llama-preln", nouns) != X.report_folder(
         dataclasses.replace(P, top_k=4), "toy:llama-preln", nouns)
+
+
+def test_rank_correlation_is_spearman_and_nan_without_a_warning_for_a_constant_scoring():
+    assert X._rank_correlation(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+    assert X._rank_correlation(np.array([1.0, 3.0, 2.0, 4.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")        # numpy's "invalid value encountered in divide" would raise here
+        assert np.isnan(X._rank_correlation(np.full(4, 2.5), np.array([1.0, 2.0, 3.0, 4.0])))

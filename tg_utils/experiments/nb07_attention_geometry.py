@@ -105,6 +105,14 @@ def _scores(desc, M) -> EmbeddingNormScores:
     return embedding_norm_scores(M, None if fn is None else fn.scale, None if fn is None else fn.bias)
 
 
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two rank vectors (Spearman's rho); NaN, without numpy's divide warning (a
+    stderr box in JupyterLab), when either is constant (e.g. a bias scoring of a model without biases)."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def embedding_norm_table(desc, tokenizer=None, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(top/bottom tokens, per-matrix statistics). Tokens: [matrix, scoring, procedure, paper_setting, rank,
     side, token_id, token, token_raw, score] (procedure "paper" for the four settings of word_embeddings.py,
@@ -125,7 +133,7 @@ def embedding_norm_table(desc, tokenizer=None, k: int = 5) -> tuple[pd.DataFrame
             stats.append({"matrix": name, "scoring": s_name, "procedure": SCORINGS[s_name][0],
                           "mean": float(np.mean(s)), "std": float(np.std(s)), "min": float(np.min(s)),
                           "max": float(np.max(s)),
-                          "spearman_vs_norm": float(np.corrcoef(pd.Series(s).rank().to_numpy(), ranks_norm)[0, 1]),
+                          "spearman_vs_norm": _rank_correlation(pd.Series(s).rank().to_numpy(), ranks_norm),
                           "top_overlap_vs_norm": len(top & top_norm) / max(1, len(top_norm))})
     return pd.concat(tables, ignore_index=True), pd.DataFrame(stats)
 
