@@ -70,8 +70,8 @@ def spread(table: str, ref: pd.DataFrame, run: pd.DataFrame, seed: int) -> tuple
         if run[c].dtype == object:
             run[c] = run[c].astype(str).str.replace(f"-seed{seed}", "", regex=False)
     keys, values = compare.split_columns(table, ref)
-    if not values:
-        return 0.0, ""
+    if not values or not set(keys + values) <= set(run.columns):
+        return float("nan"), "not comparable (the seed run's table lacks columns: e.g. a pair of runs without twins)"
     a, b = compare._with_occurrence(ref, keys), compare._with_occurrence(run, keys)
     m = a.merge(b, on=keys + ["#"], how="inner", suffixes=("", " run"))
     m = m[compare.toy_rows(table, m, keys)]
