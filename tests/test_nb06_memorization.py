@@ -110,7 +110,10 @@ def test_summary_gaps_and_spearman():
     assert s.loc["seen", "gap_held_out"] == pytest.approx(-2.0 - (-5.0))
     # train_unseen mean per token -4; the seen probes' kind mean (all four) is -5.25 per token
     assert s.loc["seen", "gap_train_unseen"] == pytest.approx(-2.0 - (-4.0))
-    assert s.loc["seen", "spearman"] == pytest.approx(0.5)           # ranks (3, 2, 1) vs (3, 1, 2)
+    assert s.loc["seen", "spearman"] == pytest.approx(0.5)
+    # Welch standard error: seen per-token values (-1, -2, -3) against held_out's single probe: undefined
+    assert np.isnan(s.loc["seen", "gap_held_out_se"])
+    assert np.isnan(s.loc["all", "gap_train_unseen_se"])                  # one train_unseen probe           # ranks (3, 2, 1) vs (3, 1, 2)
     assert s.loc["all", "n_probes"] == 6 and np.isnan(s.loc["held_out", "spearman"])
 
 
@@ -129,7 +132,12 @@ def test_run_memorization_tables_and_model_logprobs(tiny_run):
     assert (train_spans.ngram_suffix_len == 8).all()                # the whole prefix occurs in the index
     assert (memo.probes.ngram_suffix_len <= 8).all() and (memo.scores.model_logp < 0).all()
     assert set(memo.summary.columns) == {"trajectory", "step", "kind", "n_probes", "model_logp_token",
-                                         "ngram_logp_token", "spearman", "gap_held_out", "gap_train_unseen"}
+                                         "ngram_logp_token", "spearman", "gap_held_out", "gap_train_unseen",
+                                         "gap_held_out_se", "gap_train_unseen_se"}
+    two = memo.summary[(memo.summary.kind == "all")].iloc[-1]
+    sc = memo.scores[memo.scores.step == two.step]
+    a, b = sc.model_logp / 4, sc[sc.kind == "train_unseen"].model_logp / 4
+    assert two.gap_train_unseen_se == pytest.approx(np.sqrt(a.var() / len(a) + b.var() / len(b)))
     assert {"index_build_s", "index_mb", "train_tokens"} <= set(memo.cost.columns)
     for name in ("memorization", "memorization_summary", "memorization_probes", "memorization_cost"):
         assert (root / "results" / MEM.NB / f"{name}.csv").exists()
@@ -146,6 +154,7 @@ def test_run_memorization_tables_and_model_logprobs(tiny_run):
     assert last.model_logp.iloc[0] == pytest.approx(want, rel=1e-6)
     fig, tidy = plot_memorization(memo.summary)
     assert set(tidy.panel) == {"model_logp_token", "spearman", "gap_held_out", "gap_train_unseen"}
+    assert set(tidy[tidy.panel == "spearman"].kind) <= {"all", "held_out"}
 
 
 def test_memorization_parameters_are_checked():

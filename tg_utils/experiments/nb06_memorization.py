@@ -188,28 +188,39 @@ def _spearman(x, y) -> float:
     return float(x[ok].rank().corr(y[ok].rank()))
 
 
+def _se(a, b) -> float:
+    """Standard error of mean(a) - mean(b) for independent samples (Welch); NaN with < 2 in either."""
+    if b is None or len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
+
+
 def summarize(scores: pd.DataFrame, m: int) -> pd.DataFrame:
     """Per (trajectory, step, group): n_probes, model_logp_token and ngram_logp_token (means of the sums
     over the continuation, divided by m), spearman (model vs ∞-gram log-probability over the probes:
     distributional memorization), gap_held_out and gap_train_unseen (the group's model_logp_token minus
-    that of held_out / train_unseen). Groups: "seen" = the seen probes that a batch had held by that step
+    that of held_out / train_unseen) with their standard errors (_se: Welch). Groups: "seen" = the seen probes that a batch had held by that step
     (seen_by_step), "not_yet_seen" = the seen probes whose batch comes later (a control: same selection,
     no gradient yet), train_unseen, held_out, and "all" (every probe)."""
     rows = []
     for (t, s), g in scores.groupby(["trajectory", "step"], sort=False):
-        means = {kd: h.model_logp.mean() / m for kd, h in g.groupby("kind")}
+        ref = {kd: h.model_logp.to_numpy() / m for kd, h in g.groupby("kind")}
+        means = {kd: v.mean() for kd, v in ref.items()}
         seen = g.kind == "seen"
         groups = [("seen", g[seen & g.seen_by_step]), ("not_yet_seen", g[seen & ~g.seen_by_step]),
                   ("train_unseen", g[g.kind == "train_unseen"]), ("held_out", g[g.kind == "held_out"]), ("all", g)]
         for kind, h in groups:
             if not len(h):
                 continue
-            mean = h.model_logp.mean() / m
+            v = h.model_logp.to_numpy() / m
+            mean = v.mean()
             rows.append({"trajectory": t, "step": int(s), "kind": kind, "n_probes": len(h),
                          "model_logp_token": mean, "ngram_logp_token": h.ngram_logp.mean() / m,
                          "spearman": _spearman(h.model_logp, h.ngram_logp),
                          "gap_held_out": mean - means.get("held_out", np.nan),
-                         "gap_train_unseen": mean - means.get("train_unseen", np.nan)})
+                         "gap_held_out_se": _se(v, ref.get("held_out")),
+                         "gap_train_unseen": mean - means.get("train_unseen", np.nan),
+                         "gap_train_unseen_se": _se(v, ref.get("train_unseen"))})
     return pd.DataFrame(rows)
 
 
@@ -276,8 +287,9 @@ def _phase_at(phases: pd.DataFrame, step: int) -> str:
 
 def describe_memorization(memo: Memorization, res=None) -> str:
     """Per toy run, from the summary: the seen - train_unseen and seen - held_out gaps (nats per
-    continuation token) at the first and last checkpoints and where the first gap peaks (with the phase
-    of the final-normed layer there when `res`, notebook 06's Results, is given), and the Spearman
+    continuation token, ± standard error) at the last checkpoint, where the first peaks (with the phase of
+    the final-normed layer there when `res`, notebook 06's Results, is given), the same gap of the
+    not-yet-seen probes at the first checkpoint (how much the probe selection alone gives), and the Spearman
     correlation of model and ∞-gram log-probabilities over all probes and over the held-out ones; then the
     index cost and the skipped trajectories."""
     lines = []
@@ -288,17 +300,20 @@ def describe_memorization(memo: Memorization, res=None) -> str:
         if not len(seen):
             continue
         pk = seen.loc[seen.gap_train_unseen.idxmax()]
+        last, base = seen.iloc[-1], later.iloc[0] if len(later) else None
         where = ""
         if res is not None and len(getattr(res, "phases", [])):
             ph = res.phases[res.phases.trajectory == t]
             ph = ph[ph.layer == ph.layer.max()]
-            where = f" ({_phase_at(ph, int(pk.step))})"
+            where = f", {_phase_at(ph, int(pk.step))}"
         lines.append(
-            f"{t}: seen (by then) - train_unseen {seen.gap_train_unseen.iloc[0]:+.3f} at step {int(seen.step.iloc[0])} "
-            f"-> {seen.gap_train_unseen.iloc[-1]:+.3f} nats/token at the last (peak {pk.gap_train_unseen:+.3f} at step "
-            f"{int(pk.step)}{where}; not yet seen - train_unseen at step 0: "
-            f"{later.gap_train_unseen.iloc[0] if len(later) else float('nan'):+.3f}); seen - held_out "
-            f"{seen.gap_held_out.iloc[0]:+.3f} -> {seen.gap_held_out.iloc[-1]:+.3f}; Spearman(model, ∞-gram) all "
+            f"{t}: seen - train_unseen {last.gap_train_unseen:+.3f} ± {last.gap_train_unseen_se:.3f} nats/token at step "
+            f"{int(last.step)} (n seen = {int(last.n_probes)}; peak {pk.gap_train_unseen:+.3f} ± "
+            f"{pk.gap_train_unseen_se:.3f} at step {int(pk.step)}{where}); the selection baseline, not-yet-seen - "
+            f"train_unseen at step {int(base.step) if base is not None else -1}: "
+            f"{base.gap_train_unseen if base is not None else float('nan'):+.3f} ± "
+            f"{base.gap_train_unseen_se if base is not None else float('nan'):.3f}; seen - held_out "
+            f"{last.gap_held_out:+.3f} ± {last.gap_held_out_se:.3f}; Spearman(model, ∞-gram) all "
             f"{allp.spearman.iloc[0]:+.2f} -> {allp.spearman.iloc[-1]:+.2f}, held-out {held.spearman.iloc[0]:+.2f} -> "
             f"{held.spearman.iloc[-1]:+.2f} (n = {int(allp.n_probes.iloc[-1])})")
     for r in memo.cost[memo.cost.index_built.astype(bool)].itertuples() if len(memo.cost) else ():
