@@ -110,10 +110,10 @@ def test_summary_gaps_and_spearman():
     assert s.loc["seen", "gap_held_out"] == pytest.approx(-2.0 - (-5.0))
     # train_unseen mean per token -4; the seen probes' kind mean (all four) is -5.25 per token
     assert s.loc["seen", "gap_train_unseen"] == pytest.approx(-2.0 - (-4.0))
-    assert s.loc["seen", "spearman"] == pytest.approx(0.5)
+    assert s.loc["seen", "spearman"] == pytest.approx(0.5)           # ranks (3, 2, 1) vs (3, 1, 2)
     # Welch standard error: seen per-token values (-1, -2, -3) against held_out's single probe: undefined
     assert np.isnan(s.loc["seen", "gap_held_out_se"])
-    assert np.isnan(s.loc["all", "gap_train_unseen_se"])                  # one train_unseen probe           # ranks (3, 2, 1) vs (3, 1, 2)
+    assert np.isnan(s.loc["all", "gap_train_unseen_se"])             # one train_unseen probe
     assert s.loc["all", "n_probes"] == 6 and np.isnan(s.loc["held_out", "spearman"])
 
 

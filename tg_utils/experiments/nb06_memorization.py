@@ -174,8 +174,8 @@ def model_logprobs(model, ids: np.ndarray, k: int, batch_tokens: int = 2048, dev
     for i in range(0, n, bs):
         x = torch.as_tensor(ids[i:i + bs], device=device)
         o = model(x)
-        lg = torch.log_softmax(getattr(o, "logits", o).double(), -1)            # (b, L, V)
-        tok = lg[:, k - 1:-1].gather(-1, x[:, k:, None]).squeeze(-1)           # (b, m)
+        lg = getattr(o, "logits", o)[:, k - 1:-1].double()                     # (b, m, V): the continuation's
+        tok = lg.gather(-1, x[:, k:, None]).squeeze(-1) - torch.logsumexp(lg, -1)
         out[i:i + bs] = tok.sum(-1).cpu().numpy()
     return out
 
