@@ -66,6 +66,13 @@ class TrajectoryParams(NotebookParams):
     min_contexts: int = 5
     min_context_words: int = 20
     context_words_per_bucket: int | None = 20
+    # memorization (issue 24; experiments/nb06_memorization): toy runs only; probes of memo_prefix_tokens
+    # + memo_continuation_tokens tokens, memo_probes of each kind (seen in a batch, training split unseen,
+    # validation), the model's log-likelihood of the continuation beside its ∞-gram log-probability
+    memorization: bool = True
+    memo_probes: int = 200
+    memo_prefix_tokens: int = 16
+    memo_continuation_tokens: int = 8
 
     CHOICES = {"spectra_sequences": ("documents", "windows"), "word_form": ("bare", "spaced"),
                "word_sampling": ("sample", "top"), "perturbation": ("first_base", "leave_one_out")}
@@ -115,4 +122,10 @@ class TrajectoryParams(NotebookParams):
         if self.perturbation == "first_base" and self.min_contexts < 2:
             raise ParameterError("parameter 'min_contexts' must be at least 2 for perturbation='first_base' (a base "
                                  "sentence and another context)")
+        self.positive("memo_probes", "memo_prefix_tokens", "memo_continuation_tokens")
+        if not isinstance(self.memorization, bool):
+            raise ParameterError(f"parameter 'memorization' must be true or false, got {self.memorization!r}")
+        if self.memorization and self.memo_probes < 3:
+            raise ParameterError(f"parameter 'memo_probes' must be at least 3 (a Spearman correlation per kind), "
+                                 f"got {self.memo_probes}")
         _placement_check(self)
