@@ -191,6 +191,12 @@ def convergence_summary(conv: pd.DataFrame, threshold: float = 0.9) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values, NaN when none (np.nanmean would warn: a stderr box in JupyterLab)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def _spearman(x, y) -> float:
     x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
     ok = x.notna() & y.notna()
@@ -211,8 +217,8 @@ def convergence_trends(summary: pd.DataFrame, min_words: int = 5) -> pd.DataFram
         gl = g[g.layer > 0]
         by_layer = [_spearman(h.layer, h.deficit) for _, h in gl.groupby("bucket")]
         by_bucket = [_spearman(h.bucket, h.deficit) for _, h in gl.groupby("layer")]
-        rows.append({"trajectory": t, "prefix": p, "rho_layer": float(np.nanmean(by_layer)) if by_layer else np.nan,
-                     "rho_bucket": float(np.nanmean(by_bucket)) if by_bucket else np.nan,
+        rows.append({"trajectory": t, "prefix": p, "rho_layer": _finite_mean(by_layer),
+                     "rho_bucket": _finite_mean(by_bucket),
                      "buckets": ",".join(str(b) for b in sorted(g.bucket.unique()))})
     return pd.DataFrame(rows)
 
