@@ -67,7 +67,7 @@ def spread(table: str, ref: pd.DataFrame, run: pd.DataFrame, seed: int) -> tuple
     """Largest |run - ref| / (largest |ref| of the column) over the toy rows both tables hold."""
     run = run.copy()
     for c in run.columns:
-        if run[c].dtype == object:
+        if not pd.api.types.is_numeric_dtype(run[c]) and not pd.api.types.is_bool_dtype(run[c]):
             run[c] = run[c].astype(str).str.replace(f"-seed{seed}", "", regex=False)
     keys, values = compare.split_columns(table, ref)
     if not values or not set(keys + values) <= set(run.columns):
@@ -133,7 +133,7 @@ def main() -> int:
     if df.empty:
         print("no tables compared")
         return 1
-    worst = df.loc[df.groupby("table").spread.idxmax()].sort_values("spread", ascending=False)
+    worst = df.sort_values("spread", ascending=False, na_position="last").drop_duplicates("table")
     pd.set_option("display.width", 250, "display.max_colwidth", 120, "display.max_rows", 500)
     print("\nlargest seed-to-seed change of a toy value, as a share of its column's largest |seed 0| value:")
     print(worst[["table", "spread", "seed", "where"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

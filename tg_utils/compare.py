@@ -34,18 +34,56 @@ class Tolerance:
 
 # Pretrained models (SmolLM2, Gemma-3, MiniLM, hub ids) agree across machines to ~1e-5: 1e-4 keeps 10x.
 PRETRAINED = Tolerance(rel=1e-4, scale=1e-4)
-# Toy models drift across machines (training in float32 amplifies summation-order noise). Until the seed
-# spread is measured (issue 21, seeds part), the defaults come from the drift observed on a second machine,
-# with ~1.3x margin: validation perplexity 1.6 % (notebook 01), notebook 04's toy ID profile by up to 3.5
-# on a scale of 30 (0.12 of the scale), notebook 06's token convergence and perturbation tables by up to
-# 0.38 on a scale of 1. Update this table from measured spreads; keys are '<notebook folder>/<table>.csv'.
-TOY_DEFAULT = Tolerance(rel=0.0, scale=0.15)
+# ... except where an optimiser's output is tabulated: notebook 07's UMAP coordinates of SmolLM2 moved by up to
+# 1.7 % of an axis' range between two machines (fresh clone, 2026-12-02; Gemma-3's were identical).
+PRETRAINED_BY_TABLE = {"07_attention_geometry/phrase_trajectories.csv": Tolerance(rel=0.0, scale=0.025)}
+# Toy models drift across machines (training in float32 amplifies summation-order noise), so their rows are
+# compared within the spread across training seeds: `scale` below is the largest change of a toy value between
+# seed 0 and seeds 1, 2 (LLaMA-PreLN and Standard-PreLN, default profile), as a share of the column's largest
+# value, measured by benchmarks/seed_tolerance.py on 2026-12-02 and rounded up with a 1.25x margin. A table with
+# scale >= 1 (single token pairs, correlations and p-values of toy models, per-word deltas) is not reproducible
+# beyond "within the column's range": its toy rows are compared for structure only. Tables not measured (pairs
+# of runs that have one seed) take the measured value of the table they are built like. Keys are
+# '<notebook folder>/<table>.csv'; the training curves are relative (val_ppl of one seed moves up to 14.9 %
+# between seeds mid-training, train_loss 21 % at single steps; the smoothed curves and the final values less).
+_SEED_SPREAD = {   # table -> largest seed-to-seed change / column scale (benchmarks/seed_tolerance.py)
+    "03_geometry_metrics/similarity_heatmaps.csv": 1.529,
+    "03_geometry_metrics/difference_training_id.csv": 0.263,
+    "03_geometry_metrics/difference_arch_id.csv": 0.263,              # not measured: as difference_training_id
+    "03_geometry_metrics/cosine_vs_layer_random.csv": 0.202,
+    "03_geometry_metrics/difference_training_cos_full.csv": 0.201,
+    "03_geometry_metrics/difference_arch_cos_full.csv": 0.201,        # not measured: as difference_training_*
+    "03_geometry_metrics/cosine_vs_layer_trained.csv": 0.136,
+    "03_geometry_metrics/id_and_overlap.csv": 0.115,
+    "03_geometry_metrics/id_scale_curves.csv": 0.110,
+    "04_shuffle_experiment/id_loss_correlation.csv": 0.915,
+    "04_shuffle_experiment/id_peak_shuffled_vs_structured.csv": 0.500,
+    "04_shuffle_experiment/chi1_vs_layer_by_s.csv": 0.273,
+    "04_shuffle_experiment/cosine_vs_layer_by_s.csv": 0.108,
+    "04_shuffle_experiment/id_vs_layer_by_s.csv": 0.100,
+    "04_shuffle_experiment/nn_angle_vs_layer_by_s.csv": 0.088,
+    "04_shuffle_experiment/id_scale_curves_by_s.csv": 0.044,
+    "04_shuffle_experiment/loss_vs_s.csv": 0.025,
+    "05_model_comparison/id_loss_correlation.csv": 0.898,
+    "05_model_comparison/profiles_random.csv": 0.055,
+    "05_model_comparison/profiles_trained.csv": 0.044,
+    "06_training_trajectory_phases/perturbation_final.csv": 0.949,
+    "06_training_trajectory_phases/token_convergence_delta.csv": 0.686,
+    "06_training_trajectory_phases/perturbation_vs_step.csv": 0.682,
+    "06_training_trajectory_phases/token_convergence.csv": 0.339,
+    "06_training_trajectory_phases/rankme_alpha_overlay.csv": 0.320,
+    "06_training_trajectory_phases/layer_step_heatmaps.csv": 0.315,
+    "06_training_trajectory_phases/eigenspectra.csv": 0.280,
+    "06_training_trajectory_phases/convergence_deficit_vs_layer.csv": 0.170,
+    "06_training_trajectory_phases/rankme_alpha_loss_vs_step.csv": 0.020,
+}
+SEED_MARGIN = 1.25
+# Tables with toy rows not in _SEED_SPREAD (new tables, notebook 07's toys): the median measured spread.
+TOY_DEFAULT = Tolerance(rel=0.0, scale=0.25)
 TOY = {
-    "01_train_toy_models/loss_curves.csv": Tolerance(rel=0.025),
+    "01_train_toy_models/loss_curves.csv": Tolerance(rel=0.15),
     "01_train_toy_models/lr_schedule.csv": PRETRAINED,        # the schedule is arithmetic, not training
-    **{f"06_training_trajectory_phases/{t}.csv": Tolerance(rel=0.0, scale=0.5)
-       for t in ("token_convergence", "token_convergence_delta", "convergence_deficit_vs_layer",
-                 "perturbation_vs_step", "perturbation_final")},
+    **{t: Tolerance(rel=0.0, scale=round(SEED_MARGIN * s, 3)) for t, s in _SEED_SPREAD.items()},
 }
 TOY_NOTEBOOKS = ("01_", "06_")        # every row of these notebooks' tables is a toy model
 # toy:<run>, or a run name as a label (a preset, also as <preset>-nowarmup / <preset>-seed<k>)
@@ -75,7 +113,7 @@ def is_timing(col: str) -> bool:
 
 
 def tolerance(table: str, toy: bool) -> Tolerance:
-    return TOY.get(table, TOY_DEFAULT) if toy else PRETRAINED
+    return TOY.get(table, TOY_DEFAULT) if toy else PRETRAINED_BY_TABLE.get(table, PRETRAINED)
 
 
 def last_digit_unit(x: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
