@@ -8,7 +8,8 @@ Needs a finished default run in --out whose notebook 01 trained the seed runs (`
 `seed_runs`: <run>-seed<k> folders under <out>/checkpoints). For every other seed k it re-runs the chosen
 notebooks with the default profile, each toy run replaced by its seed-k twin (runs without one are left out;
 pretrained models stay, except in notebook 04, which then runs its toy alone), into <work>/seed<k>/figures,
-reusing the activation caches of --out.
+reusing the caches and checkpoints of --out (linked from <work>/seed<k>/out, which keeps the seed runs' own
+result tables).
 Then, for every figure table, it compares the toy rows with the seed-0 rows of --figures (labels with the
 '-seed<k>' suffix taken off) and prints, per table, the largest |seed k - seed 0| over rows and value columns
 as a share of the column's largest |seed 0| value (the `scale` term of compare.Tolerance), with the column
@@ -52,6 +53,17 @@ def seed_params(nb: str, base: dict, seed: int, out: Path) -> dict | None:
     if nb.startswith("06"):
         p["models"], p["word_models"] = [], []
     return p
+
+
+def seed_out(out: Path, folder: Path) -> Path:
+    """An output root for a seed run that shares the caches and checkpoints of `out` (symbolic links) but keeps
+    its own result tables and executed notebooks, so the default run's tables under `out` stay seed 0's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in out.iterdir():
+        link = folder / entry.name
+        if entry.is_dir() and entry.name not in ("results", "notebooks", "tmp") and not link.exists():
+            link.symlink_to(entry, target_is_directory=True)
+    return folder
 
 
 def notebook_defaults(nb: Path) -> dict:
@@ -113,7 +125,8 @@ def main() -> int:
                 print(f"[seed {seed}] {nb.stem}: no toy run with a seed-{seed} twin; skipped")
                 continue
             if not args.no_run:
-                params.update(profile="default", out_dir=str(out), figures_dir=str(figs))
+                params.update(profile="default", out_dir=str(seed_out(out, work / f"seed{seed}" / "out")),
+                              figures_dir=str(figs))
                 executed = work / f"seed{seed}" / "notebooks" / nb.name
                 executed.parent.mkdir(parents=True, exist_ok=True)
                 tmp = work / "tmp"
