@@ -172,7 +172,8 @@ def plot_norm_scorings(tables: dict[str, pd.DataFrame], n_label: int = 5):
             xs = np.linspace(g["x"].min(), g["x"].max(), 2)
             for c, col in ((top[sn].min(), "tab:red"), (bottom[sn].max(), "tab:blue")):
                 ax.plot(xs, c - xs, ls="--", lw=0.7, color=col)
-            ax.set_ylim(g["y"].min() - 0.05 * np.ptp(g["y"]), g["y"].max() + 0.05 * np.ptp(g["y"]))
+            pad = 0.05 * np.ptp(g["y"]) or 0.05 * max(abs(g["y"].max()), 1.0)   # all-equal y (a zero bias):
+            ax.set_ylim(g["y"].min() - pad, g["y"].max() + pad)                    # no singular-limits warning
         title = f"{lab} ({g['matrix'].iloc[0]})" + ("" if has_bias else ": no bias (RMSNorm)")
         ax.set(title=title, xlabel="||gamma * e||" if has_bias else "||e||",
                ylabel="beta . e" if has_bias else "||gamma * e||")
