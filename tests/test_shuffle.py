@@ -338,3 +338,18 @@ def test_specs_with_a_revision():
     assert nb02.load_kwargs("smollm2-135m", "cuda", "auto") == {"device": "cuda"}
     assert nb02.load_kwargs("toy:llama-preln", "cpu", "auto") == {"device": "cpu"}
     assert nb02.load_kwargs("EleutherAI/pythia-6.9b", "cuda", None) == {"device": "cuda"}
+
+
+def test_auto_scale_per_shuffle_index():
+    """nb04.auto_scale: one row per (model, S, layer); the ID read at the middle of the first flat window of
+    3 scales of the mean curve over prompts (S = 0: 10, 5, 5, 5, 3 -> flat from n1 = 2, read at n1 = 4; S = 1:
+    flat from the start, read at n1 = 2)."""
+    curves = {0: [10, 5, 5, 5, 3], 1: [6, 6, 6, 6, 6]}
+    rows = [{"model": "m", "revision": "", "shuffle_index": s, "layer": 1, "prompt_id": p, "metric": f"id_s{n1}",
+             "value": v + (0.1 if p else -0.1)}
+            for s, curve in curves.items() for p in (0, 1) for n1, v in zip((1, 2, 4, 8, 16), curve)]
+    auto = nb04.auto_scale(pd.DataFrame(rows)).set_index("shuffle_index")
+    assert list(auto.index) == [0, 1]
+    assert auto.loc[0, "n1"] == 4 and auto.loc[0, "id_auto"] == pytest.approx(5.0)
+    assert (auto.loc[0, "n1_low"], auto.loc[0, "n1_high"]) == (2, 8)
+    assert auto.loc[1, "n1"] == 2 and auto.loc[1, "id_auto"] == pytest.approx(6.0)

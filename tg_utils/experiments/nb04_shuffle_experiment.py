@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from ..data.prompts import ShufflePrompts, build_shuffle_prompts
-from ..geometry import geometry_table, profile_summary
+from ..geometry import geometry_table, id_auto_scale, profile_summary
 from ..models import ModelSpec
 from ..metrics.stats import pearson
 from ..tables import LONG_COLUMNS
@@ -96,6 +96,13 @@ def run(P, progress: bool = True) -> ShuffleRun:
     long = pd.concat(tables, ignore_index=True)
     summary = profile_summary(long, PROFILE_METRICS, n_boot=P.n_boot, seed=P.seed)
     return ShuffleRun(long, pd.DataFrame(infos), summary)
+
+
+def auto_scale(long: pd.DataFrame) -> pd.DataFrame:
+    """The automatic GRIDE scale (geometry.id_auto_scale: the first flat window of the mean ID-vs-scale curve
+    over prompts) per model, shuffle index and layer, with the scale it chose: the ID tables' n1 = 1 beside a
+    scale chosen by rule rather than by eye."""
+    return id_auto_scale(long)
 
 
 def id_peaks_long(long: pd.DataFrame) -> pd.DataFrame:
