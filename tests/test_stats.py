@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tg_utils.metrics.stats import mean_ci, pearson
+from tg_utils.metrics.stats import mean_ci, pearson, spearman
 
 
 def test_mean_ci_per_layer_profile():
@@ -70,3 +70,18 @@ def test_pearson_errors():
         pearson([1.0, 2.0, np.nan, 4.0], [1.0, 2.0, 3.0, 4.0])
     with pytest.raises(ValueError, match="samples"):
         pearson(np.arange(5.0), np.arange(6.0))
+
+
+def test_spearman_is_pearson_of_ranks_over_the_pairs_without_nan():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(x, x ** 3) == pytest.approx(1.0)            # any increasing map: 1
+    assert spearman(x, -np.exp(x)) == pytest.approx(-1.0)
+    y = np.array([2.0, 1.0, 4.0, 3.0, 5.0])
+    d = np.argsort(np.argsort(x)) - np.argsort(np.argsort(y))    # no ties: 1 - 6 sum d^2 / (n (n^2 - 1))
+    assert spearman(x, y) == pytest.approx(1 - 6 * (d ** 2).sum() / (5 * 24))
+    assert spearman(np.append(x, np.nan), np.append(y, 7.0)) == pytest.approx(spearman(x, y))
+    ties = np.array([1.0, 1.0, 2.0, 3.0, 3.0])
+    assert spearman(ties, y) == pytest.approx(np.corrcoef([1.5, 1.5, 3, 4.5, 4.5], [2, 1, 4, 3, 5])[0, 1])
+    assert np.isnan(spearman(np.ones(5), y)) and np.isnan(spearman(x[:2], y[:2]))
+    with pytest.raises(ValueError, match="pair them"):
+        spearman(x, y[:4])

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from ..data import words as W
 from ..data.corpus import load_corpus
 from ..metrics.ngram import SuffixIndex, continuation_logprob_original
+from ..metrics.stats import spearman
 from ..tables import save_table
 from ..toy.checkpoints import step_path
 from ..toy.train import encode_texts
@@ -187,14 +188,6 @@ def model_logprobs(model, ids: np.ndarray, k: int, batch_tokens: int = 2048, dev
     return out
 
 
-def _spearman(x, y) -> float:
-    x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
-    ok = x.notna() & y.notna()
-    if ok.sum() < 3 or x[ok].nunique() < 2 or y[ok].nunique() < 2:
-        return float("nan")
-    return float(x[ok].rank().corr(y[ok].rank()))
-
-
 def _se(a, b) -> float:
     """Standard error of mean(a) - mean(b) for independent samples (Welch); NaN with < 2 in either."""
     if b is None or len(a) < 2 or len(b) < 2:
@@ -223,7 +216,7 @@ def summarize(scores: pd.DataFrame, m: int) -> pd.DataFrame:
             mean = v.mean()
             rows.append({"trajectory": t, "step": int(s), "kind": kind, "n_probes": len(h),
                          "model_logp_token": mean, "ngram_logp_token": h.ngram_logp.mean() / m,
-                         "spearman": _spearman(h.model_logp, h.ngram_logp),
+                         "spearman": spearman(h.model_logp, h.ngram_logp),
                          "gap_held_out": mean - means.get("held_out", np.nan),
                          "gap_held_out_se": _se(v, ref.get("held_out")),
                          "gap_train_unseen": mean - means.get("train_unseen", np.nan),

@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 
 from ..data import words as W
 from ..data.corpus import load_corpus
+from ..metrics.stats import spearman
 from ..tables import save_table
 from .nb06_inputs import (Checkpoint, Inputs, Trajectory, build_inputs, bucket_report, checkpoint_table,
                           hub_trajectory, read_context_candidates, read_words, revision_step, toy_trajectory,
@@ -197,14 +198,6 @@ def _finite_mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _spearman(x, y) -> float:
-    x, y = pd.Series(np.asarray(x, float)), pd.Series(np.asarray(y, float))
-    ok = x.notna() & y.notna()
-    if ok.sum() < 3 or x[ok].nunique() < 2 or y[ok].nunique() < 2:
-        return float("nan")
-    return float(x[ok].rank().corr(y[ok].rank()))
-
-
 def convergence_trends(summary: pd.DataFrame, min_words: int = 5) -> pd.DataFrame:
     """The two claims of Token Representation Evolution, per (trajectory, prefix): Spearman correlation
     of the deficit with the layer (within each bucket, averaged over buckets: > 0 = later layers converge
@@ -215,8 +208,8 @@ def convergence_trends(summary: pd.DataFrame, min_words: int = 5) -> pd.DataFram
     s = summary[summary.n_words >= min_words]
     for (t, p), g in s.groupby(["trajectory", "prefix"], sort=False):
         gl = g[g.layer > 0]
-        by_layer = [_spearman(h.layer, h.deficit) for _, h in gl.groupby("bucket")]
-        by_bucket = [_spearman(h.bucket, h.deficit) for _, h in gl.groupby("layer")]
+        by_layer = [spearman(h.layer, h.deficit) for _, h in gl.groupby("bucket")]
+        by_bucket = [spearman(h.bucket, h.deficit) for _, h in gl.groupby("layer")]
         rows.append({"trajectory": t, "prefix": p, "rho_layer": _finite_mean(by_layer),
                      "rho_bucket": _finite_mean(by_bucket),
                      "buckets": ",".join(str(b) for b in sorted(g.bucket.unique()))})

@@ -1,4 +1,4 @@
-"""Statistics over prompts: bootstrap means with intervals and Pearson correlations.
+"""Statistics over prompts: bootstrap means with intervals, Pearson and Spearman correlations.
 
 Both functions are vectorised over every axis but the sample axis, so a whole layer profile
 (prompts x layers, or prompts x layers x scales) is summarised in one call; both are seeded or
@@ -105,3 +105,16 @@ def pearson(x, y) -> Pearson:
     p = np.where(np.isnan(r), np.nan, 2 * stats.t.sf(np.abs(t), dof))
     single = np.ndim(x) == 1 and np.ndim(y) == 1
     return Pearson(float(r[0]), float(p[0])) if single else Pearson(r, p)
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation of x and y (1-D) over the pairs where neither is NaN: the Pearson r of their
+    average ranks. NaN with fewer than 3 such pairs or with a constant side (no ranking to correlate)."""
+    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x has {x.size} values and y {y.size}; pair them one to one.")
+    ok = ~np.isnan(x) & ~np.isnan(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3 or np.unique(x).size < 2 or np.unique(y).size < 2:
+        return float("nan")
+    return float(np.corrcoef(stats.rankdata(x), stats.rankdata(y))[0, 1])
