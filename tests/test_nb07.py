@@ -23,6 +23,7 @@ from tg_utils.experiments import nb07_attention_geometry as X
 from tg_utils.experiments import nb07_claims as C
 from tg_utils.experiments import nb07_findings as F
 from tg_utils.experiments import nb07_model_facts as MF
+from tg_utils.metrics.stats import spearman
 from tg_utils.models import ModelSpec, describe
 from tg_utils.plots import attention as PA
 from tg_utils.weights import umap as WU
@@ -502,8 +503,8 @@ def test_report_cache_verified_folders(toy_out, monkeypatch, capsys):
 
 
 def test_rank_correlation_is_spearman_and_nan_without_a_warning_for_a_constant_scoring():
-    assert X._rank_correlation(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
-    assert X._rank_correlation(np.array([1.0, 3.0, 2.0, 4.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.8)
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+    assert spearman(np.array([1.0, 3.0, 2.0, 4.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")        # numpy's "invalid value encountered in divide" would raise here
-        assert np.isnan(X._rank_correlation(np.full(4, 2.5), np.array([1.0, 2.0, 3.0, 4.0])))
+        assert np.isnan(spearman(np.full(4, 2.5), np.array([1.0, 2.0, 3.0, 4.0])))

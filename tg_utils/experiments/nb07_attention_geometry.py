@@ -52,6 +52,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..metrics.stats import spearman
 from ..models import ModelSpec, load_model
 from ..paths import resolve
 from ..weights.biases import BIAS_COLUMNS, bias_probe
@@ -105,14 +106,6 @@ def _scores(desc, M) -> EmbeddingNormScores:
     return embedding_norm_scores(M, None if fn is None else fn.scale, None if fn is None else fn.bias)
 
 
-def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two rank vectors (Spearman's rho); NaN, without numpy's divide warning (a
-    stderr box in JupyterLab), when either is constant (e.g. a bias scoring of a model without biases)."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def embedding_norm_table(desc, tokenizer=None, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(top/bottom tokens, per-matrix statistics). Tokens: [matrix, scoring, procedure, paper_setting, rank,
     side, token_id, token, token_raw, score] (procedure "paper" for the four settings of word_embeddings.py,
@@ -126,14 +119,13 @@ def embedding_norm_table(desc, tokenizer=None, k: int = 5) -> tuple[pd.DataFrame
         t.insert(2, "procedure", t["scoring"].map(lambda x: SCORINGS[x][0]))
         t.insert(3, "paper_setting", t["scoring"].map(lambda x: PAPER_SETTINGS.get(x, "")))
         tables.append(t)
-        ranks_norm = pd.Series(sc.norm).rank().to_numpy()
         top_norm = set(t[(t.scoring == "norm") & (t.side == "top")].token_id)
         for s_name, s in sc.as_dict().items():
             top = set(t[(t.scoring == s_name) & (t.side == "top")].token_id)
             stats.append({"matrix": name, "scoring": s_name, "procedure": SCORINGS[s_name][0],
                           "mean": float(np.mean(s)), "std": float(np.std(s)), "min": float(np.min(s)),
                           "max": float(np.max(s)),
-                          "spearman_vs_norm": _rank_correlation(pd.Series(s).rank().to_numpy(), ranks_norm),
+                          "spearman_vs_norm": spearman(s, sc.norm),   # NaN for a constant scoring
                           "top_overlap_vs_norm": len(top & top_norm) / max(1, len(top_norm))})
     return pd.concat(tables, ignore_index=True), pd.DataFrame(stats)
 
